@@ -1,0 +1,217 @@
+"""CRoPEViT: any timm VisionTransformer, run at native resolution on packed images (C-RoPE).
+
+C-RoPE = the ViT's own learned APE, resampled to each image's patch grid (Eq. 1), plus 2D
+rotary embedding of q and k in every attention layer (Eq. 3). The wrapper reuses the timm
+model's modules and parameters, so its `state_dict()` keys are exactly timm's.
+
+Prefix tokens (class / register), switch `prefix_tokens`:
+- ``"keep"`` (default): each image's sequence starts with them, as in pre-training. They get
+  their APE row where the ViT has one, no rotation (angle 0), and attend within their image.
+  Their outputs are returned in `Packed.prefix`, not in `Packed.tokens`.
+- ``"drop"``: they are not fed at all; every token of a sequence is a patch.
+With ``rope=False``, ``"keep"`` and the pretrained input size, the patch tokens equal timm's
+``forward_features`` exactly.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import packed_attention
+from .packed import Packed, cu_seqlens_from_lengths
+from .pos_embed import APE_MODES, legacy_ape_permutation, resample_ape
+from .rope import apply_rotary, rope_cos_sin
+
+PREFIX_MODES = ("keep", "drop")
+_BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+_ATTN_PARTS = ("qkv", "q_norm", "k_norm", "proj", "num_heads", "head_dim")
+
+
+def _drop_path(x: torch.Tensor, module: nn.Module, seq_lens: list[int], training: bool) -> torch.Tensor:
+    """timm's DropPath, but per image of a packed (T, D) sequence instead of per batch row."""
+    p = getattr(module, "drop_prob", 0.0)
+    if not training or not p:
+        return x
+    keep = x.new_empty(len(seq_lens)).bernoulli_(1 - p)  # (B,)
+    if getattr(module, "scale_by_keep", True):
+        keep = keep / (1 - p)
+    return x * keep.repeat_interleave(torch.tensor(seq_lens, device=x.device))[:, None]  # (T, 1)
+
+
+class CRoPEViT(nn.Module):
+    """Native-resolution, packed vision encoder over a timm ViT. Build with `from_timm`."""
+
+    def __init__(self, model: nn.Module, *, rope: bool = True, rope_theta: float = 10000.0,
+                 prefix_tokens: str = "keep", ape_mode: str = "bicubic", legacy_ape_order: bool = False,
+                 max_tokens: int | None = None, attn_backend: str = "auto"):
+        super().__init__()
+        _check_timm_vit(model)
+        if prefix_tokens not in PREFIX_MODES:
+            raise ValueError(f"prefix_tokens={prefix_tokens!r}, expected one of {PREFIX_MODES}")
+        if ape_mode not in APE_MODES:
+            raise ValueError(f"ape_mode={ape_mode!r}, expected one of {APE_MODES}")
+        # the timm modules and parameters themselves, under timm's own names
+        self.patch_embed = model.patch_embed
+        self.pos_embed = model.pos_embed
+        self.cls_token = getattr(model, "cls_token", None)
+        self.reg_token = getattr(model, "reg_token", None)
+        self.pos_drop = model.pos_drop
+        self.norm_pre = model.norm_pre
+        self.blocks = model.blocks
+        self.norm = model.norm
+        self.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+        self.patch_size = int(model.patch_embed.patch_size[0])
+        self.in_chans = int(model.patch_embed.proj.in_channels)
+        self.embed_dim = int(model.embed_dim)
+        attn = model.blocks[0].attn
+        self.num_heads, self.head_dim = int(attn.num_heads), int(attn.head_dim)
+        self.ape_grid = tuple(int(g) for g in model.patch_embed.grid_size)  # (h0, w0) of the APE
+        self.num_prefix = int(model.num_prefix_tokens)  # class + register tokens
+        self.ape_prefix = 0 if getattr(model, "no_embed_class", False) else self.num_prefix
+        self.rope, self.rope_theta = rope, float(rope_theta)
+        self.prefix_tokens, self.ape_mode = prefix_tokens, ape_mode
+        self.legacy_ape_order, self.max_tokens = legacy_ape_order, max_tokens
+        self.attn_backend = attn_backend
+        self.grad_checkpointing = False
+        if rope and self.head_dim % 4:
+            raise ValueError(f"RoPE-2D needs head_dim divisible by 4; this ViT has head_dim={self.head_dim}")
+
+    @classmethod
+    def from_timm(cls, model: nn.Module, rope: bool = True, rope_theta: float = 10000.0, **kwargs) -> "CRoPEViT":
+        """Wrap a timm VisionTransformer, sharing (not copying) every weight on the token path.
+
+        kwargs: prefix_tokens ("keep" | "drop"), ape_mode ("bicubic" | "bilinear"),
+        legacy_ape_order, max_tokens (patches per image), attn_backend (see `minicomp.attention`).
+        """
+        return cls(model, rope=rope, rope_theta=rope_theta, **kwargs)
+
+    @property
+    def feeds_prefix(self) -> bool:
+        return self.prefix_tokens == "keep" and self.num_prefix > 0
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    # ---- input checks ---------------------------------------------------------------------
+    def check_images(self, images: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+        """Validate a list of (C, H, W) images; return each image's patch grid (h, w)."""
+        if isinstance(images, torch.Tensor):
+            raise ValueError("images must be a list of (C, H, W) tensors, not one tensor; use list(batch)")
+        if len(images) == 0:
+            raise ValueError("images is an empty list; expected at least one (C, H, W) image")
+        p, grids = self.patch_size, []
+        for i, img in enumerate(images):
+            if not isinstance(img, torch.Tensor) or img.ndim != 3:
+                shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+                raise ValueError(f"image {i}: expected a (C, H, W) tensor, got {shape}")
+            C, H, W = img.shape
+            if C != self.in_chans:
+                raise ValueError(f"image {i}: has {C} channels, expected {self.in_chans}")
+            if H == 0 or W == 0 or H % p or W % p:
+                raise ValueError(f"image {i}: size {H}x{W} is not a positive multiple of the patch size {p}")
+            h, w = H // p, W // p
+            if self.max_tokens is not None and h * w > self.max_tokens:
+                raise ValueError(f"image {i}: {h}x{w} = {h * w} patches exceeds max_tokens={self.max_tokens}")
+            grids.append((h, w))
+        return grids
+
+    # ---- embedding (Eq. 1) ---------------------------------------------------------------
+    def embed(self, images: Sequence[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Patch embedding + resampled APE (+ prefix tokens): list of (P + N_i, D)."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            by_size.setdefault(tuple(img.shape[1:]), []).append(i)
+        seqs: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
+        for idx in by_size.values():
+            h, w = grids[idx[0]]
+            x = self.patch_embed.proj(torch.stack([images[i] for i in idx]))  # (G, D, h, w)
+            x = self.patch_embed.norm(x.flatten(2).transpose(1, 2))  # (G, h*w, D)
+            ape = resample_ape(self.pos_embed, (h, w), self.ape_grid, self.ape_prefix, self.ape_mode)
+            ape_prefix, ape_patch = ape[:, :self.ape_prefix], ape[:, self.ape_prefix:]  # (1, P', D), (1, h*w, D)
+            if self.legacy_ape_order:
+                ape_patch = ape_patch[:, legacy_ape_permutation(h, w).to(x.device)]
+            x = x + ape_patch
+            if self.feeds_prefix:
+                prefix = torch.cat([t for t in (self.cls_token, self.reg_token) if t is not None], 1)  # (1, P, D)
+                if self.ape_prefix:
+                    prefix = prefix + ape_prefix
+                x = torch.cat([prefix.expand(len(idx), -1, -1).to(x.dtype), x], dim=1)  # (G, P + h*w, D)
+            for j, i in enumerate(idx):
+                seqs[i] = x[j]
+        return seqs
+
+    # ---- transformer (Eq. 2–4) -------------------------------------------------------------
+    def _attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+                   cu_seqlens: torch.Tensor) -> torch.Tensor:
+        T = x.shape[0]
+        qkv = attn.qkv(x).view(T, 3, attn.num_heads, attn.head_dim)  # (T, 3, heads, head_dim)
+        q, k, v = qkv.unbind(1)  # each (T, heads, head_dim)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        if cos is not None:  # Eq. 3: (R q)ᵀ (R k)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        dropout = attn.attn_drop.p if self.training else 0.0
+        o = packed_attention(q, k, v, cu_seqlens, self.attn_backend, scale=attn.scale, dropout_p=dropout)
+        o = attn.norm(o.reshape(T, -1))  # (T, heads*head_dim)
+        if getattr(attn, "gate", None) is not None:
+            o = o * attn.gate(x).sigmoid()
+        return attn.proj_drop(attn.proj(o))
+
+    def _block(self, blk: nn.Module, x: torch.Tensor, cos, sin, cu_seqlens, seq_lens) -> torch.Tensor:
+        y = blk.ls1(self._attention(blk.attn, blk.norm1(x), cos, sin, cu_seqlens))
+        x = x + _drop_path(y, blk.drop_path1, seq_lens, self.training)
+        y = blk.ls2(blk.mlp(blk.norm2(x)))
+        return x + _drop_path(y, blk.drop_path2, seq_lens, self.training)
+
+    def _rope_tables(self, grids: list[tuple[int, int]], n_prefix: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for the packed sequence: (T, 1, head_dim); prefix tokens get angle 0."""
+        cos_l, sin_l = [], []
+        for h, w in grids:
+            c, s = rope_cos_sin(h, w, self.head_dim, self.rope_theta, device=device)  # (N, Dh)
+            cos_l += [c.new_ones(n_prefix, self.head_dim), c]
+            sin_l += [s.new_zeros(n_prefix, self.head_dim), s]
+        return torch.cat(cos_l)[:, None], torch.cat(sin_l)[:, None]  # (T, 1, Dh)
+
+    def forward(self, images: Sequence[torch.Tensor]) -> Packed:
+        """images: list of (C, H_i, W_i), H_i and W_i multiples of the patch size -> `Packed`."""
+        grids = self.check_images(images)
+        P = self.num_prefix if self.feeds_prefix else 0
+        seqs = self.embed(images, grids)
+        seq_lens = [s.shape[0] for s in seqs]  # P + N_i
+        cu = cu_seqlens_from_lengths(torch.tensor(seq_lens)).to(seqs[0].device)
+        x = self.norm_pre(self.pos_drop(torch.cat(seqs, 0)))  # (T, D)
+        cos, sin = self._rope_tables(grids, P, x.device) if self.rope else (None, None)
+        for blk in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(self._block, blk, x, cos, sin, cu, seq_lens, use_reentrant=False)
+            else:
+                x = self._block(blk, x, cos, sin, cu, seq_lens)
+        x = self.norm(x)
+        parts = x.split(seq_lens)  # each (P + N_i, D)
+        out = Packed.from_list([t[P:] for t in parts], grids)
+        out.prefix = torch.stack([t[:P] for t in parts]) if P else None  # (B, P, D)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"rope={self.rope}, rope_theta={self.rope_theta}, prefix_tokens={self.prefix_tokens!r}, "
+                f"ape_mode={self.ape_mode!r}, ape_grid={self.ape_grid}, patch_size={self.patch_size}, "
+                f"attn_backend={self.attn_backend!r}")
+
+
+def _check_timm_vit(model: nn.Module) -> None:
+    """Clear errors for models CRoPEViT cannot wrap."""
+    name = type(model).__name__
+    for attr in ("patch_embed", "blocks", "norm", "pos_embed", "num_prefix_tokens"):
+        if not hasattr(model, attr):
+            raise TypeError(f"{name} is not a timm VisionTransformer: it has no `{attr}`")
+    if model.pos_embed is None:
+        raise ValueError(f"{name} has no learned absolute position embedding (pos_embed is None); "
+                         "C-RoPE builds on a ViT with a learned APE")
+    for i, blk in enumerate(model.blocks):
+        missing = [a for a in _BLOCK_PARTS if not hasattr(blk, a)] + \
+                  [f"attn.{a}" for a in _ATTN_PARTS if not hasattr(getattr(blk, "attn", None), a)]
+        if missing:
+            raise TypeError(f"block {i} ({type(blk).__name__}) lacks {missing}; CRoPEViT supports timm's "
+                            "pre-norm `Block` with a fused-qkv `Attention`")
