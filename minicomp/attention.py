@@ -6,7 +6,8 @@ int32 offsets, and return (T, heads, head_dim):
 - ``reference``:  plain softmax(q kᵀ · scale) v, one image at a time. The definition.
 - ``sdpa``:       images grouped by length, one batched `F.scaled_dot_product_attention` per
                   group. The CPU default.
-- ``flex``:       FlexAttention with a block-diagonal document mask (compiled on CUDA).
+- ``flex``:       FlexAttention with a block-diagonal document mask (compiled on CUDA; on
+                  CPU it runs unfused and forward-only, for checking).
 - ``varlen``:     `torch.nn.attention.varlen.varlen_attn` (Flash, CUDA, fp16/bf16).
 - ``flash_attn``: `flash_attn_varlen_func` when the flash-attn package is installed.
 - ``auto``:       flash_attn → varlen on CUDA half precision, else sdpa.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 from functools import lru_cache
 
 import torch
@@ -74,9 +76,14 @@ def attention_flex(q, k, v, cu_seqlens, scale=None, dropout_p=0.0):
         return doc[qi] == doc[ki]
 
     mask = create_block_mask(same_image, None, None, T, T, device=q.device)
-    fn = _compiled_flex() if q.is_cuda else flex_attention
     qb, kb, vb = (t.transpose(0, 1)[None] for t in (q, k, v))  # (1, H, T, Dh)
-    return fn(qb, kb, vb, block_mask=mask, scale=scale)[0].transpose(0, 1)  # (T, H, Dh)
+    if q.is_cuda:
+        out = _compiled_flex()(qb, kb, vb, block_mask=mask, scale=scale)
+    else:
+        with warnings.catch_warnings():  # unfused on CPU is the point here: a check, not speed
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            out = flex_attention(qb, kb, vb, block_mask=mask, scale=scale)
+    return out[0].transpose(0, 1)  # (T, H, Dh)
 
 
 def attention_varlen(q, k, v, cu_seqlens, scale=None, dropout_p=0.0):
