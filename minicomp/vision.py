@@ -115,6 +115,8 @@ class CRoPEViT(nn.Module):
             h, w = H // p, W // p
             if self.max_tokens is not None and h * w > self.max_tokens:
                 raise ValueError(f"image {i}: {h}x{w} = {h * w} patches exceeds max_tokens={self.max_tokens}")
+            if self.legacy_ape_order and (h % 2 or w % 2):
+                raise ValueError(f"image {i}: grid {h}x{w} must be even in both sides for legacy_ape_order")
             grids.append((h, w))
         return grids
 

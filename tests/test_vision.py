@@ -93,15 +93,15 @@ def test_ape_is_resampled_to_each_grid(small_vit, rand_images):
     vit = small_vit(depth=1, reg_tokens=0, class_token=False, global_pool="avg")  # norm is Identity
     enc = mc.CRoPEViT.from_timm(vit, ape_mode="bilinear", prefix_tokens="drop")
     enc.blocks = torch.nn.Sequential()
-    img = rand_images([(40, 96)])[0]
+    img = rand_images([(48, 96)])[0]
     with torch.no_grad():
         out = enc([img]).tokens
         patches = vit.patch_embed.proj(img[None]).flatten(2).transpose(1, 2)[0]  # (N, D)
-        ape = resample_ape(vit.pos_embed, (5, 12), (8, 8), 0, "bilinear")[0]
+        ape = resample_ape(vit.pos_embed, (6, 12), (8, 8), 0, "bilinear")[0]
         torch.testing.assert_close(out, patches + ape)
         enc.legacy_ape_order = True
         legacy = enc([img]).tokens
-        torch.testing.assert_close(legacy, patches + ape[legacy_ape_permutation(5, 12)])
+        torch.testing.assert_close(legacy, patches + ape[legacy_ape_permutation(6, 12)])
 
 
 def test_gradients_reach_every_parameter(small_vit, rand_images):
@@ -153,6 +153,9 @@ def test_bad_inputs_name_the_image(small_vit):
         enc([ok, torch.randn(3, 72, 72)])
     with pytest.raises(ValueError, match="not one tensor"):
         enc(torch.randn(2, 3, 16, 16))
+    enc.legacy_ape_order = True
+    with pytest.raises(ValueError, match="image 0: grid 3x2 must be even"):
+        enc([torch.randn(3, 24, 16)])
     with pytest.raises(ValueError, match="prefix_tokens"):
         mc.CRoPEViT.from_timm(small_vit(), prefix_tokens="first")
 
