@@ -1,0 +1,21 @@
+import subprocess
+import sys
+
+from minicomp.cli import main
+from minicomp.demo import DEMO_GRIDS, run_demo
+
+
+def test_demo_encodes_native_grids_and_checks_against_timm():
+    lines = []
+    res = run_demo("vit_small_patch14_reg4_dinov2", depth=1, print_fn=lines.append)
+    assert res["grids"] == [[h, w] for w, h in DEMO_GRIDS]
+    assert res["tokens"] == sum(w * h for w, h in DEMO_GRIDS)
+    assert res["pack_diff"] < 1e-4 and res["timm_diff"] < 1e-4
+    text = "\n".join(lines)
+    assert "ONE packed sequence" in text and "forward_features" in text
+
+
+def test_console_entry_point_runs():
+    assert main(["demo", "--model", "vit_base_patch16_siglip_224", "--depth", "1"]) == 0
+    r = subprocess.run([sys.executable, "-m", "minicomp.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "demo" in r.stdout
