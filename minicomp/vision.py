@@ -14,7 +14,8 @@ With ``rope=False``, ``"keep"`` and the pretrained input size, the patch tokens 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -147,22 +148,21 @@ class CRoPEViT(nn.Module):
 
     # ---- transformer (Eq. 2–4) -------------------------------------------------------------
     def _attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-                   cu_seqlens: torch.Tensor) -> torch.Tensor:
-        T = x.shape[0]
-        qkv = attn.qkv(x).view(T, 3, attn.num_heads, attn.head_dim)  # (T, 3, heads, head_dim)
-        q, k, v = qkv.unbind(1)  # each (T, heads, head_dim)
+                   attend: Callable) -> torch.Tensor:
+        """timm Attention's maths with RoPE on q, k; x (..., N, D), `attend`(q, k, v) over (..., N, heads, Dh)."""
+        qkv = attn.qkv(x).unflatten(-1, (3, attn.num_heads, attn.head_dim))  # (..., N, 3, heads, head_dim)
+        q, k, v = qkv.unbind(-3)  # each (..., N, heads, head_dim)
         q, k = attn.q_norm(q), attn.k_norm(k)
         if cos is not None:  # Eq. 3: (R q)ᵀ (R k)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        dropout = attn.attn_drop.p if self.training else 0.0
-        o = packed_attention(q, k, v, cu_seqlens, self.attn_backend, scale=attn.scale, dropout_p=dropout)
-        o = attn.norm(o.reshape(T, -1))  # (T, heads*head_dim)
+        o = attn.norm(attend(q, k, v).flatten(-2))  # (..., N, heads*head_dim)
         if getattr(attn, "gate", None) is not None:
             o = o * attn.gate(x).sigmoid()
         return attn.proj_drop(attn.proj(o))
 
-    def _block(self, blk: nn.Module, x: torch.Tensor, cos, sin, cu_seqlens, seq_lens) -> torch.Tensor:
-        y = blk.ls1(self._attention(blk.attn, blk.norm1(x), cos, sin, cu_seqlens))
+    def _block(self, blk: nn.Module, x: torch.Tensor, cos, sin, attend: Callable, seq_lens: list[int]) -> torch.Tensor:
+        """One pre-norm block (Eq. 3–4) on packed tokens x (T, D)."""
+        y = blk.ls1(self._attention(blk.attn, blk.norm1(x), cos, sin, attend))
         x = x + _drop_path(y, blk.drop_path1, seq_lens, self.training)
         y = blk.ls2(blk.mlp(blk.norm2(x)))
         return x + _drop_path(y, blk.drop_path2, seq_lens, self.training)
@@ -186,10 +186,13 @@ class CRoPEViT(nn.Module):
         x = self.norm_pre(self.pos_drop(torch.cat(seqs, 0)))  # (T, D)
         cos, sin = self._rope_tables(grids, P, x.device) if self.rope else (None, None)
         for blk in self.blocks:
+            dropout = blk.attn.attn_drop.p if self.training else 0.0
+            attend = partial(packed_attention, cu_seqlens=cu, backend=self.attn_backend,
+                             scale=blk.attn.scale, dropout_p=dropout)
             if self.grad_checkpointing and self.training:
-                x = checkpoint(self._block, blk, x, cos, sin, cu, seq_lens, use_reentrant=False)
+                x = checkpoint(self._block, blk, x, cos, sin, attend, seq_lens, use_reentrant=False)
             else:
-                x = self._block(blk, x, cos, sin, cu, seq_lens)
+                x = self._block(blk, x, cos, sin, attend, seq_lens)
         x = self.norm(x)
         parts = x.split(seq_lens)  # each (P + N_i, D)
         out = Packed.from_list([t[P:] for t in parts], grids)
