@@ -76,7 +76,8 @@ def test_figures_render(ape, small_vit, rand_images):
             viz.plot_rope_scores(100.0, 2, -1, head_dim=32, max_offset=4),
             viz.plot_rope_spectrum(32),
             viz.plot_packed_batch(images, packed, enc.patch_size),
-            viz.plot_legacy_ape_order(4, 6)]
+            viz.plot_legacy_ape_order(4, 6),
+            viz.plot_comp_overview()]
     for f in figs:
         assert isinstance(f, plt.Figure) and f.axes
         plt.close(f)
