@@ -2,6 +2,11 @@
 
 The paper writes bilinear interpolation; the authors' code uses bicubic without antialias.
 Both are available; the resampling itself is timm's `resample_abs_pos_embed`.
+
+Antialias is off by default, as in the authors' code. Note that timm's own default (and its
+`dynamic_img_size` ViTs) use ``antialias=True``, which for bicubic changes the result even when
+upsampling (PyTorch's antialiased cubic kernel uses a = -0.5 instead of -0.75), so a timm
+dynamic-size ViT and ``CRoPEViT(rope=False)`` differ slightly away from the pretrained grid.
 """
 from __future__ import annotations
 

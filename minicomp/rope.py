@@ -42,8 +42,13 @@ def rope_angles_2d(h: int, w: int, head_dim: int, theta: float = 10000.0) -> tor
 
 def rope_cos_sin(h: int, w: int, head_dim: int, theta: float = 10000.0,
                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables for `apply_rotary`, each (h*w, head_dim) float32."""
-    angles = rope_angles_2d(h, w, head_dim, float(theta))
+    """cos and sin tables for `apply_rotary`, each (h*w, head_dim) float32, cached per grid and device."""
+    return _cos_sin(h, w, head_dim, float(theta), str(torch.device(device or "cpu")))
+
+
+@lru_cache(maxsize=256)
+def _cos_sin(h: int, w: int, head_dim: int, theta: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    angles = rope_angles_2d(h, w, head_dim, theta)
     emb = torch.cat([angles, angles], dim=-1)  # (N, Dh): duplicated for rotate-half pairing
     return emb.cos().to(device), emb.sin().to(device)
 

@@ -130,7 +130,8 @@ class CRoPEViT(nn.Module):
         seqs: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
         for idx in by_size.values():
             h, w = grids[idx[0]]
-            x = self.patch_embed.proj(torch.stack([images[i] for i in idx]))  # (G, D, h, w)
+            pixels = torch.stack([images[i] for i in idx]).to(self.patch_embed.proj.weight.dtype)  # (G, C, H, W)
+            x = self.patch_embed.proj(pixels)  # (G, D, h, w)
             x = self.patch_embed.norm(x.flatten(2).transpose(1, 2))  # (G, h*w, D)
             ape = resample_ape(self.pos_embed, (h, w), self.ape_grid, self.ape_prefix, self.ape_mode)
             ape_prefix, ape_patch = ape[:, :self.ape_prefix], ape[:, self.ape_prefix:]  # (1, P', D), (1, h*w, D)

@@ -29,8 +29,9 @@ def ape_similarity_map(pos_embed, grid_hw, patch: tuple[int, int], src_grid=None
     """Similarity of one patch's APE to all others, on the grid: (h, w)."""
     h, w = grid_hw
     r, c = min(patch[0], h - 1), min(patch[1], w - 1)
-    sim = ape_similarity(pos_embed, grid_hw, src_grid, num_prefix_tokens, mode)
-    return sim[r * w + c].view(h, w)  # (h, w)
+    ape = resample_ape(pos_embed.detach().float(), grid_hw, src_grid, num_prefix_tokens, mode)
+    patches = F.normalize(ape[0, num_prefix_tokens:], dim=-1)  # (N, D)
+    return (patches @ patches[r * w + c]).view(h, w)  # (h, w)
 
 
 def plot_ape_similarity(pos_embed, grid_hw, patch=(0, 0), src_grid=None, num_prefix_tokens=0, mode="bicubic"):
@@ -140,6 +141,7 @@ def packed_attention_mask(cu_seqlens: torch.Tensor) -> torch.Tensor:
 def plot_packed_batch(images: list[torch.Tensor], packed: Packed, patch_size: int):
     """The images with their patch grids (top) and the packed attention mask (bottom)."""
     B = len(images)
+    max_h, max_w = max(i.shape[1] for i in images), max(i.shape[2] for i in images)
     fig = plt.figure(figsize=(3 * B, 6.5))
     for i, img in enumerate(images):
         ax = fig.add_subplot(2, B, i + 1)
@@ -148,9 +150,10 @@ def plot_packed_batch(images: list[torch.Tensor], packed: Packed, patch_size: in
         ax.imshow(x.permute(1, 2, 0).numpy())
         h, w = packed.grid_hw[i].tolist()
         for r in range(1, h):
-            ax.axhline(r * patch_size - 0.5, color="w", lw=0.3)
+            ax.axhline(r * patch_size - 0.5, color="k", lw=0.3, alpha=0.4)
         for c in range(1, w):
-            ax.axvline(c * patch_size - 0.5, color="w", lw=0.3)
+            ax.axvline(c * patch_size - 0.5, color="k", lw=0.3, alpha=0.4)
+        ax.set(xlim=(-0.5, max_w - 0.5), ylim=(max_h - 0.5, -0.5))  # same pixel scale in every panel
         ax.set_title(f"image {i}: {img.shape[1]}×{img.shape[2]} px\ngrid {h}×{w} = {h * w} tokens", fontsize=9)
         ax.axis("off")
     ax = fig.add_subplot(2, 1, 2)
