@@ -85,9 +85,9 @@ def rope_scores_at_offset(d_row: int, d_col: int, grid_hw=(8, 8), head_dim=64, t
                           seed: int = 0) -> torch.Tensor:
     """q·k for a key at (r + Δrow, c + Δcol), with the query at every (r, c) of a grid: (h, w).
 
-    Random q, k. RoPE makes this map constant: the score sees only the offset."""
+    Random unit-norm q, k. RoPE makes this map constant: the score sees only the offset."""
     g = torch.Generator().manual_seed(seed)
-    q, k = torch.randn(head_dim, generator=g), torch.randn(head_dim, generator=g)
+    q, k = F.normalize(torch.randn(2, head_dim, generator=g), dim=-1)
     h, w = grid_hw
     H, W = h + abs(d_row), w + abs(d_col)  # a grid large enough to hold both ends
     qr = apply_rope_2d(q.expand(H * W, head_dim), (H, W), theta).view(H, W, head_dim)
@@ -149,12 +149,11 @@ def plot_packed_batch(images: list[torch.Tensor], packed: Packed, patch_size: in
         x = (x - x.min()) / (x.max() - x.min() + 1e-8)
         ax.imshow(x.permute(1, 2, 0).numpy())
         h, w = packed.grid_hw[i].tolist()
-        for r in range(1, h):
-            ax.axhline(r * patch_size - 0.5, color="k", lw=0.3, alpha=0.4)
-        for c in range(1, w):
-            ax.axvline(c * patch_size - 0.5, color="k", lw=0.3, alpha=0.4)
+        H, W = img.shape[1:]
+        ax.hlines([r * patch_size - 0.5 for r in range(1, h)], -0.5, W - 0.5, color="k", lw=0.3, alpha=0.4)
+        ax.vlines([c * patch_size - 0.5 for c in range(1, w)], -0.5, H - 0.5, color="k", lw=0.3, alpha=0.4)
         ax.set(xlim=(-0.5, max_w - 0.5), ylim=(max_h - 0.5, -0.5))  # same pixel scale in every panel
-        ax.set_title(f"image {i}: {img.shape[1]}×{img.shape[2]} px\ngrid {h}×{w} = {h * w} tokens", fontsize=9)
+        ax.set_title(f"image {i}: H×W = {H}×{W} px\ngrid {h}×{w} = {h * w} tokens", fontsize=9)
         ax.axis("off")
     ax = fig.add_subplot(2, 1, 2)
     ax.imshow(packed_attention_mask(packed.cu_seqlens).numpy(), cmap="Greys", interpolation="nearest")
