@@ -8,7 +8,8 @@ Prefix tokens (class / register), switch `prefix_tokens`:
 - ``"keep"`` (default): each image's sequence starts with them, as in pre-training. They get
   their APE row where the ViT has one, no rotation (angle 0), and attend within their image.
   Their outputs are returned in `Packed.prefix`, not in `Packed.tokens`.
-- ``"drop"``: they are not fed at all; every token of a sequence is a patch.
+- ``"drop"``: they are not fed at all; every token of a sequence is a patch. Their parameters
+  stay (timm's state dict is kept whole) but are frozen, since no gradient can reach them.
 With ``rope=False``, ``"keep"`` and the pretrained input size, the patch tokens equal timm's
 ``forward_features`` exactly.
 """
@@ -21,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import packed_attention
+from .attention import BACKENDS, packed_attention
 from .packed import Packed, cu_seqlens_from_lengths
 from .pos_embed import APE_MODES, legacy_ape_permutation, resample_ape
 from .rope import apply_rotary, rope_cos_sin
@@ -54,6 +55,11 @@ class CRoPEViT(nn.Module):
             raise ValueError(f"prefix_tokens={prefix_tokens!r}, expected one of {PREFIX_MODES}")
         if ape_mode not in APE_MODES:
             raise ValueError(f"ape_mode={ape_mode!r}, expected one of {APE_MODES}")
+        if attn_backend not in BACKENDS:
+            raise ValueError(f"attn_backend={attn_backend!r}, expected one of {BACKENDS}")
+        ph, pw = model.patch_embed.patch_size
+        if ph != pw:
+            raise ValueError(f"CRoPEViT needs square patches, got patch_size {(ph, pw)}")
         # the timm modules and parameters themselves, under timm's own names
         self.patch_embed = model.patch_embed
         self.pos_embed = model.pos_embed
@@ -77,6 +83,10 @@ class CRoPEViT(nn.Module):
         self.legacy_ape_order, self.max_tokens = legacy_ape_order, max_tokens
         self.attn_backend = attn_backend
         self.grad_checkpointing = False
+        if prefix_tokens == "drop":
+            for t in (self.cls_token, self.reg_token):
+                if t is not None:
+                    t.requires_grad_(False)
         if rope and self.head_dim % 4:
             raise ValueError(f"RoPE-2D needs head_dim divisible by 4; this ViT has head_dim={self.head_dim}")
 

@@ -104,13 +104,17 @@ def test_ape_is_resampled_to_each_grid(small_vit, rand_images):
         torch.testing.assert_close(legacy, patches + ape[legacy_ape_permutation(6, 12)])
 
 
-def test_gradients_reach_every_parameter(small_vit, rand_images):
-    vit = small_vit(drop_path_rate=0.0)
-    enc = mc.CRoPEViT.from_timm(vit).train()
+@pytest.mark.parametrize("prefix_tokens", ["keep", "drop"])
+def test_gradients_reach_every_trainable_parameter(small_vit, rand_images, prefix_tokens):
+    enc = mc.CRoPEViT.from_timm(small_vit(), prefix_tokens=prefix_tokens).train()
     out = enc(rand_images([(32, 48), (64, 16)]))
-    (out.tokens.square().mean() + out.prefix.square().mean()).backward()
-    missing = [n for n, p in enc.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    loss = out.tokens.square().mean() + (out.prefix.square().mean() if out.prefix is not None else 0)
+    loss.backward()
+    trainable = [(n, p) for n, p in enc.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trainable if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
+    frozen = {n for n, p in enc.named_parameters() if not p.requires_grad}
+    assert frozen == (set() if prefix_tokens == "keep" else {"cls_token", "reg_token"})
 
 
 def test_drop_path_drops_whole_images_independently(small_vit, rand_images):
@@ -158,6 +162,8 @@ def test_bad_inputs_name_the_image(small_vit):
         enc([torch.randn(3, 24, 16)])
     with pytest.raises(ValueError, match="prefix_tokens"):
         mc.CRoPEViT.from_timm(small_vit(), prefix_tokens="first")
+    with pytest.raises(ValueError, match="attn_backend"):
+        mc.CRoPEViT.from_timm(small_vit(), attn_backend="fast")
 
 
 def test_rejects_models_it_cannot_wrap(small_vit):
