@@ -38,7 +38,7 @@ def mixed_grids(n: int) -> list[tuple[int, int]]:
 def padded_forward(enc: mc.CRoPEViT, images: list[torch.Tensor]) -> torch.Tensor:
     """The baseline: pad every image's sequence to the longest, mask padded keys. -> (ΣN_i, D)."""
     grids = enc.check_images(images)
-    P = enc.num_prefix if enc.feeds_prefix else 0
+    n_prefix = enc.num_prefix if enc.feeds_prefix else 0
     seqs = enc.embed(images, grids)
     lens = torch.tensor([s.shape[0] for s in seqs])
     x = enc.norm_pre(pad_sequence(seqs, batch_first=True))  # (B, Nmax, D)
@@ -47,7 +47,7 @@ def padded_forward(enc: mc.CRoPEViT, images: list[torch.Tensor]) -> torch.Tensor
     mask = valid.to(x.device)[:, None, None, :]  # (B, 1, 1, Nmax): keys that exist
     cos = sin = None
     if enc.rope:
-        tables = [enc._rope_tables([g], P, x.device) for g in grids]  # each (P + N_i, 1, Dh)
+        tables = [enc._rope_tables([g], n_prefix, x.device) for g in grids]  # each (n_prefix + N_i, 1, Dh)
         cos = pad_sequence([c for c, _ in tables], batch_first=True, padding_value=1.0)  # (B, Nmax, 1, Dh)
         sin = pad_sequence([s for _, s in tables], batch_first=True)
 
@@ -59,7 +59,7 @@ def padded_forward(enc: mc.CRoPEViT, images: list[torch.Tensor]) -> torch.Tensor
         x = enc._block(blk, x, cos, sin, attend, lens.tolist())
     x = enc.norm(x)
     keep = valid.clone()
-    keep[:, :P] = False  # drop prefix outputs, as the packed encoder does
+    keep[:, :n_prefix] = False  # drop prefix outputs, as the packed encoder does
     return x[keep.to(x.device)]  # (ΣN_i, D)
 
 

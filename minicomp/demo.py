@@ -73,11 +73,11 @@ def run_demo(model: str = "vit_base_patch16_siglip_224", depth: int | None = Non
     n_tok = out.tokens.shape[0]
     print_fn(f"\nEncoded {len(images)} native-resolution images in ONE packed sequence of {n_tok} tokens "
              f"({t_packed:.2f} s, {n_tok / t_packed:,.0f} tokens/s on {torch.get_num_threads()} CPU threads):")
-    print_fn(f"  {'image':>5}  {'pixels (W×H)':>13}  {'aspect':>6}  {'patch grid':>10}  {'tokens':>6}  "
-             f"| resized to a fixed {W}×{H}: tokens, a 10×6 px digit becomes")
+    print_fn(f"  {'image':>5}  {'pixels H×W':>11}  {'W:H':>5}  {'grid h×w':>9}  {'tokens':>6}  "
+             f"| resized to a fixed {H}×{W}: tokens, a 10×6 px (H×W) digit becomes")
     for i, ((w_p, h_p), t) in enumerate(zip(DEMO_GRIDS, out.split())):
         sy, sx = H / (h_p * p), W / (w_p * p)  # squash factors of a fixed-size resize
-        print_fn(f"  {i:>5}  {w_p * p:>6}×{h_p * p:<6}  {w_p / h_p:>6.2f}  {h_p:>4}×{w_p:<5}  {t.shape[0]:>6}  "
+        print_fn(f"  {i:>5}  {h_p * p:>5}×{w_p * p:<5}  {w_p / h_p:>5.2f}  {h_p:>4}×{w_p:<4}  {t.shape[0]:>6}  "
                  f"| {gh * gw:>4}, {10 * sy:.1f}×{6 * sx:.1f} px")
     print_fn(f"\nChecks:")
     print_fn(f"  packed batch == each image encoded alone: max |diff| = {pack_diff:.1e}")

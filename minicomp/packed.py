@@ -18,7 +18,7 @@ class Packed:
     tokens:     (ΣN_i, D) with N_i = h_i * w_i
     grid_hw:    (B, 2) long, the patch grid (h_i, w_i) of each image
     cu_seqlens: (B+1,) int32, image i owns tokens[cu_seqlens[i]:cu_seqlens[i+1]]
-    prefix:     (B, P, D) prefix-token outputs (class/register), or None
+    prefix:     (B, n_prefix, D) prefix-token outputs (class/register), or None
     """
 
     tokens: torch.Tensor

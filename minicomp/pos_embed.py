@@ -30,14 +30,14 @@ def resample_ape(pos_embed: torch.Tensor, grid_hw: tuple[int, int], src_grid: tu
                  num_prefix_tokens: int = 0, mode: str = "bicubic", antialias: bool = False) -> torch.Tensor:
     """Resample a learned APE to a new patch grid.
 
-    pos_embed: (1, P + h0*w0, D), the first P rows belong to prefix tokens and are kept as is.
+    pos_embed: (1, n_prefix + h0*w0, D); the first n_prefix rows belong to prefix tokens and are kept.
     grid_hw: target (h, w); src_grid: (h0, w0), inferred when square.
-    Returns (1, P + h*w, D), row-major. Identity when grid_hw == src_grid.
+    Returns (1, n_prefix + h*w, D), row-major. Identity when grid_hw == src_grid.
     """
     if mode not in APE_MODES:
         raise ValueError(f"APE interpolation mode {mode!r} is not one of {APE_MODES}")
     if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
-        raise ValueError(f"pos_embed must be (1, P + h*w, D), got {tuple(pos_embed.shape)}")
+        raise ValueError(f"pos_embed must be (1, n_prefix + h*w, D), got {tuple(pos_embed.shape)}")
     n_patch = pos_embed.shape[1] - num_prefix_tokens
     src = tuple(src_grid) if src_grid is not None else infer_grid(n_patch)
     if src[0] * src[1] != n_patch:

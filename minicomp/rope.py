@@ -1,4 +1,4 @@
-"""2D rotary position embedding (RoPE-2D) for a grid of image patches (paper Eq. 3–4).
+"""2D rotary position embedding (RoPE-2D) for a grid of image patches (paper Eq. 3: (R q)ᵀ (R k)).
 
 Layout (the authors' code, so that released CoMP weights load): with head dimension Dh,
 each axis gets Dh/4 frequencies ``θ^(-2j/(Dh/2))``; the angles of one token are

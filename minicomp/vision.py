@@ -133,7 +133,7 @@ class CRoPEViT(nn.Module):
 
     # ---- embedding (Eq. 1) ---------------------------------------------------------------
     def embed(self, images: Sequence[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
-        """Patch embedding + resampled APE (+ prefix tokens): list of (P + N_i, D)."""
+        """Patch embedding + resampled APE (+ prefix tokens): list of (n_prefix + N_i, D)."""
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
             by_size.setdefault(tuple(img.shape[1:]), []).append(i)
@@ -144,15 +144,15 @@ class CRoPEViT(nn.Module):
             x = self.patch_embed.proj(pixels)  # (G, D, h, w)
             x = self.patch_embed.norm(x.flatten(2).transpose(1, 2))  # (G, h*w, D)
             ape = resample_ape(self.pos_embed, (h, w), self.ape_grid, self.ape_prefix, self.ape_mode)
-            ape_prefix, ape_patch = ape[:, :self.ape_prefix], ape[:, self.ape_prefix:]  # (1, P', D), (1, h*w, D)
+            ape_prefix, ape_patch = ape[:, :self.ape_prefix], ape[:, self.ape_prefix:]  # (1, ape_prefix, D), (1, h*w, D)
             if self.legacy_ape_order:
                 ape_patch = ape_patch[:, legacy_ape_permutation(h, w).to(x.device)]
             x = x + ape_patch
             if self.feeds_prefix:
-                prefix = torch.cat([t for t in (self.cls_token, self.reg_token) if t is not None], 1)  # (1, P, D)
+                prefix = torch.cat([t for t in (self.cls_token, self.reg_token) if t is not None], 1)  # (1, n_prefix, D)
                 if self.ape_prefix:
                     prefix = prefix + ape_prefix
-                x = torch.cat([prefix.expand(len(idx), -1, -1).to(x.dtype), x], dim=1)  # (G, P + h*w, D)
+                x = torch.cat([prefix.expand(len(idx), -1, -1).to(x.dtype), x], dim=1)  # (G, n_prefix + h*w, D)
             for j, i in enumerate(idx):
                 seqs[i] = x[j]
         return seqs
@@ -172,7 +172,7 @@ class CRoPEViT(nn.Module):
         return attn.proj_drop(attn.proj(o))
 
     def _block(self, blk: nn.Module, x: torch.Tensor, cos, sin, attend: Callable, seq_lens: list[int]) -> torch.Tensor:
-        """One pre-norm block (Eq. 3–4) on packed tokens x (T, D)."""
+        """One pre-norm block (Eq. 2–4: Eq. 3 with RoPE) on packed tokens x (T, D)."""
         y = blk.ls1(self._attention(blk.attn, blk.norm1(x), cos, sin, attend))
         x = x + _drop_path(y, blk.drop_path1, seq_lens, self.training)
         y = blk.ls2(blk.mlp(blk.norm2(x)))
@@ -190,12 +190,12 @@ class CRoPEViT(nn.Module):
     def forward(self, images: Sequence[torch.Tensor]) -> Packed:
         """images: list of (C, H_i, W_i), H_i and W_i multiples of the patch size -> `Packed`."""
         grids = self.check_images(images)
-        P = self.num_prefix if self.feeds_prefix else 0
+        n_prefix = self.num_prefix if self.feeds_prefix else 0
         seqs = self.embed(images, grids)
-        seq_lens = [s.shape[0] for s in seqs]  # P + N_i
+        seq_lens = [s.shape[0] for s in seqs]  # n_prefix + N_i
         cu = cu_seqlens_from_lengths(torch.tensor(seq_lens)).to(seqs[0].device)
         x = self.norm_pre(self.pos_drop(torch.cat(seqs, 0)))  # (T, D)
-        cos, sin = self._rope_tables(grids, P, x.device) if self.rope else (None, None)
+        cos, sin = self._rope_tables(grids, n_prefix, x.device) if self.rope else (None, None)
         for blk in self.blocks:
             dropout = blk.attn.attn_drop.p if self.training else 0.0
             attend = partial(packed_attention, cu_seqlens=cu, backend=self.attn_backend,
@@ -205,9 +205,9 @@ class CRoPEViT(nn.Module):
             else:
                 x = self._block(blk, x, cos, sin, attend, seq_lens)
         x = self.norm(x)
-        parts = x.split(seq_lens)  # each (P + N_i, D)
-        out = Packed.from_list([t[P:] for t in parts], grids)
-        out.prefix = torch.stack([t[:P] for t in parts]) if P else None  # (B, P, D)
+        parts = x.split(seq_lens)  # each (n_prefix + N_i, D)
+        out = Packed.from_list([t[n_prefix:] for t in parts], grids)
+        out.prefix = torch.stack([t[:n_prefix] for t in parts]) if n_prefix else None  # (B, n_prefix, D)
         return out
 
     def extra_repr(self) -> str:

@@ -70,8 +70,9 @@ def rope_spectrum(head_dim: int, theta: float = 10000.0) -> dict[str, np.ndarray
 
 def rope_relative_scores(head_dim: int = 64, theta: float = 10000.0, max_offset: int = 16,
                          q: torch.Tensor | None = None, k: torch.Tensor | None = None) -> torch.Tensor:
-    """q·k after RoPE-2D with the query at (0, 0) and the key at every (Δrow, Δcol) in
-    [-M, M]²: (2M+1, 2M+1). q and k default to all-ones vectors scaled to unit norm."""
+    """q·k after RoPE-2D for a key at every offset (Δrow, Δcol) in [-M, M]² from the query:
+    (2M+1, 2M+1). The query sits at the centre of a (2M+1)² grid (only offsets matter).
+    q and k default to all-ones vectors scaled to unit norm."""
     q = torch.ones(head_dim) / head_dim ** 0.5 if q is None else q
     k = torch.ones(head_dim) / head_dim ** 0.5 if k is None else k
     n = 2 * max_offset + 1
