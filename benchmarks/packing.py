@@ -130,6 +130,39 @@ def main():
     t_on, t_off = compare("rope", packed, "no rope", rope_off, enc, images, device, args.reps)
     print(f"RoPE on / off time (packed): {t_on * 1e3:.1f} / {t_off * 1e3:.1f} ms = {t_on / t_off:.3f}x   "
           f"(target <= 1.15x)")
+    attention_backends(grids, enc.num_heads, enc.head_dim, device, args.reps)
+
+
+def attention_backends(grids, heads, head_dim, device, reps) -> None:
+    """Forward time of each packed-attention backend on the batch's sequence lengths, vs reference."""
+    from minicomp.attention import packed_attention
+    from minicomp.packed import cu_seqlens_from_lengths
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    lengths = torch.tensor([h * w for h, w in grids])
+    cu = cu_seqlens_from_lengths(lengths).to(device)
+    q, k, v = torch.randn(3, int(lengths.sum()), heads, head_dim, device=device, dtype=dtype).unbind(0)
+    backends = ["reference", "sdpa", "flex"] + (["varlen"] if device.type == "cuda" else [])
+    times = {}
+    for b in backends:
+        try:
+            packed_attention(q, k, v, cu, backend=b)  # warm-up (compiles flex on CUDA)
+        except Exception as e:  # e.g. a kernel this GPU or build lacks: report, don't hide
+            print(f"attention backend {b}: unavailable ({type(e).__name__}: {e})")
+            continue
+        ts = []
+        for _ in range(reps):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                packed_attention(q, k, v, cu, backend=b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t0)
+        times[b] = statistics.median(ts)
+    ref = times["reference"]
+    print("attention forward, one layer: " + "  ".join(
+        f"{b} {t * 1e3:.1f} ms ({ref / t:.1f}x)" for b, t in times.items()) + "   (speed-up vs reference)")
 
 
 if __name__ == "__main__":
