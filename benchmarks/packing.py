@@ -162,7 +162,7 @@ def attention_backends(grids, heads, head_dim, device, reps) -> None:
         times[b] = statistics.median(ts)
     ref = times["reference"]
     print("attention forward, one layer: " + "  ".join(
-        f"{b} {t * 1e3:.1f} ms ({ref / t:.1f}x)" for b, t in times.items()) + "   (speed-up vs reference)")
+        f"{b} {t * 1e3:.1f} ms ({ref / t:.2f}x)" for b, t in times.items()) + "   (speed-up vs reference)")
 
 
 if __name__ == "__main__":
