@@ -29,7 +29,7 @@ from .rope import apply_rotary, rope_cos_sin
 
 PREFIX_MODES = ("keep", "drop")
 _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
-_ATTN_PARTS = ("qkv", "q_norm", "k_norm", "proj", "num_heads", "head_dim")
+_ATTN_PARTS = ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop", "num_heads", "head_dim", "scale")
 
 
 def _drop_path(x: torch.Tensor, module: nn.Module, seq_lens: list[int], training: bool) -> torch.Tensor:
@@ -225,6 +225,8 @@ def _check_timm_vit(model: nn.Module) -> None:
     if model.pos_embed is None:
         raise ValueError(f"{name} has no learned absolute position embedding (pos_embed is None); "
                          "C-RoPE builds on a ViT with a learned APE")
+    if len(model.blocks) == 0:
+        raise ValueError(f"{name} has no transformer blocks (depth 0)")
     for i, blk in enumerate(model.blocks):
         missing = [a for a in _BLOCK_PARTS if not hasattr(blk, a)] + \
                   [f"attn.{a}" for a in _ATTN_PARTS if not hasattr(getattr(blk, "attn", None), a)]
