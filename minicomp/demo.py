@@ -39,7 +39,10 @@ def to_tensor(img: Image.Image, mean, std) -> torch.Tensor:
 
 def run_demo(model: str = "vit_base_patch16_siglip_224", depth: int | None = None, pretrained: bool = False,
              checkpoint: str | None = None, rope_theta: float = 10000.0, print_fn=print) -> dict:
-    """Encode the demo images with C-RoPE; returns the measured numbers it printed."""
+    """Encode the demo images with C-RoPE; returns the measured numbers it printed and the encoder.
+
+    Weights: random (default), the hub's (`pretrained`), or a local file (`checkpoint`, loaded
+    through timm's `pretrained_cfg_overlay=dict(file=...)`, so no hub is contacted)."""
     torch.manual_seed(0)
     kwargs = {"depth": depth} if depth else {}
     if checkpoint:
@@ -85,4 +88,4 @@ def run_demo(model: str = "vit_base_patch16_siglip_224", depth: int | None = Non
     print_fn(f"  output: Packed(tokens {tuple(out.tokens.shape)}, grid_hw {out.grid_hw.tolist()}, "
              f"cu_seqlens {out.cu_seqlens.tolist()})")
     return {"tokens": n_tok, "grids": out.grid_hw.tolist(), "pack_diff": pack_diff, "timm_diff": timm_diff,
-            "seconds": t_packed}
+            "seconds": t_packed, "encoder": enc}

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import torch
+
 from minicomp.cli import main
 from minicomp.demo import DEMO_GRIDS, run_demo
 
@@ -13,6 +15,21 @@ def test_demo_encodes_native_grids_and_checks_against_timm():
     assert res["pack_diff"] < 1e-4 and res["timm_diff"] < 1e-4
     text = "\n".join(lines)
     assert "ONE packed sequence" in text and "forward_features" in text
+
+
+def test_demo_loads_a_local_checkpoint(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    vit = timm.create_model("vit_base_patch16_siglip_224", pretrained=False, depth=1)
+    path = tmp_path / "vit.safetensors"
+    save_file(vit.state_dict(), str(path))
+    lines = []
+    res = run_demo("vit_base_patch16_siglip_224", depth=1, checkpoint=str(path), print_fn=lines.append)
+    assert f"file {path}" in lines[0]
+    for name, p in res["encoder"].state_dict().items():
+        torch.testing.assert_close(p, vit.state_dict()[name], rtol=0, atol=0, msg=name)
 
 
 def test_console_entry_point_runs():
