@@ -56,7 +56,8 @@ def run_demo(model: str = "vit_base_patch16_siglip_224", depth: int | None = Non
              f"{enc.num_heads} heads × {enc.head_dim})")
     print_fn(f"  patch {p} px, learned APE on a {enc.ape_grid[0]}×{enc.ape_grid[1]} grid "
              f"({enc.ape_mode}-resampled per image), RoPE-2D θ={rope_theta:g} with {enc.head_dim // 4} "
-             f"frequencies per axis, prefix tokens: {enc.num_prefix} ({enc.prefix_tokens})")
+             f"frequencies per axis, prefix tokens: "
+             f"{f'{enc.num_prefix} ({enc.prefix_tokens})' if enc.num_prefix else 'none'}")
     images = [to_tensor(demo_image(gw * p, gh * p, seed=i), mean, std) for i, (gw, gh) in enumerate(DEMO_GRIDS)]
 
     with torch.no_grad():
