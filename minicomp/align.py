@@ -1,0 +1,158 @@
+"""The alignment loss (paper Eq. 7–10): pooled visual and text features scored against the LLM's
+word embeddings, with Sinkhorn-Knopp targets under a word-frequency prior.
+
+    F_v, F_t = pool(visual tokens), pool(LLM hidden states of the caption, no image)  Eq. 7
+    C_v, C_t = W F_v, W F_t      W: L2-normalised word embeddings, gradient stopped   Eq. 8
+    p_t = Diag(u) exp(C_t / ε) Diag(v), rows renormalised (Sinkhorn-Knopp)            Eq. 9
+    L_align = −Σ_k p_t log softmax(C_v / τ)                                           Eq. 10
+
+Everything here is a pure function; only `vis` receives a gradient.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .packed import Packed
+
+MODES = ("balanced", "official")
+VARIANTS = ("sinkhorn", "no_prior", "learnable", "softmax", "infonce")  # paper Tab. 5b
+PRIOR_RULES = ("frequency", "softmax")
+
+
+def _chunks(n: int, size: int):
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _log_prior(prior: torch.Tensor | None, K: int, device) -> torch.Tensor:
+    """Validated log of the normalised prior (K,) float32; uniform when None."""
+    if prior is None:
+        return torch.full((K,), -math.log(K), device=device)
+    prior = torch.as_tensor(prior, device=device).float()
+    if prior.shape != (K,):
+        raise ValueError(f"prior has shape {tuple(prior.shape)}, expected ({K},) to match the {K} prototypes")
+    if not torch.isfinite(prior).all() or (prior < 0).any():
+        raise ValueError("prior must be finite and non-negative")
+    total = prior.sum()
+    if total <= 0:
+        raise ValueError("prior is all zeros; expected some positive mass")
+    return (prior / total).log()  # zero entries become -inf: those prototypes get no mass
+
+
+def _row_logsumexp(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """logsumexp over the last dim of (B, K), a chunk of K at a time: (B,)."""
+    return torch.stack([torch.logsumexp(x[:, s], dim=1) for s in _chunks(x.shape[1], chunk)], dim=1).logsumexp(1)
+
+
+@torch.no_grad()
+def sinkhorn_knopp(scores: torch.Tensor, prior: torch.Tensor | None = None, eps: float = 0.005, n_iters: int = 3,
+                   mode: str = "balanced", chunk: int = 16384) -> torch.Tensor:
+    """Soft assignments of B samples to K prototypes: scores (B, K) -> targets (B, K) float32.
+
+    Each row sums to 1. No gradient. Computed in float32 in the log domain, a chunk of K at a time,
+    with one (B, K) buffer that becomes the output.
+    - ``balanced`` (Eq. 9): entropic optimal transport between the samples (mass 1/B each) and
+      the prototypes (mass given by `prior`, uniform if None): `n_iters` rounds of normalising the
+      prototype columns to the prior, then the sample rows.
+    - ``official``: the authors' code, which never normalises over the batch; it equals
+      softmax(scores / ε + n_iters · log prior) per row.
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be (B, K), got shape {tuple(scores.shape)}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}, expected one of {MODES}")
+    B, K = scores.shape
+    log_u = _log_prior(prior, K, scores.device)  # (K,)
+    logq = scores.detach().float() / eps  # (B, K): the one working buffer
+    if mode == "official":
+        if n_iters:
+            logq += n_iters * log_u
+    else:
+        for _ in range(n_iters):
+            for s in _chunks(K, chunk):  # columns: prototype k receives mass u_k (Diag(u_W))
+                shift = torch.logsumexp(logq[:, s], dim=0) - log_u[s] - math.log(B)  # (k,)
+                logq[:, s] -= torch.where(torch.isinf(log_u[s]), math.inf, shift)
+            logq -= _row_logsumexp(logq, chunk)[:, None]  # rows: each sample mass 1 (Diag(v), ×B)
+    logq -= _row_logsumexp(logq, chunk)[:, None]  # exact row normalisation
+    return logq.exp_()
+
+
+def alignment_loss(vis: torch.Tensor, txt: torch.Tensor, prototypes: torch.Tensor,
+                   prior: torch.Tensor | None = None, eps: float = 0.005, temp: float = 0.005,
+                   n_iters: int = 3, mode: str = "balanced", variant: str = "sinkhorn") -> torch.Tensor:
+    """L_align (Eq. 8–10) for pooled features vis (B, D) and txt (B, D), prototypes (K, D) -> scalar.
+
+    Features and prototypes are L2-normalised; txt and the prototypes are detached, so only vis
+    gets a gradient. `variant` selects the paper's ablations (Tab. 5b): ``sinkhorn`` (the
+    method), ``no_prior`` (uniform prototype marginal), ``learnable`` (prototypes are a trained
+    parameter, DINO-style: not detached, uniform marginal), ``softmax`` (targets softmax(C_t/ε)
+    instead of Sinkhorn-Knopp), ``infonce`` (contrastive vis→txt over the batch, temperature τ).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r}, expected one of {VARIANTS}")
+    if vis.ndim != 2 or vis.shape != txt.shape:
+        raise ValueError(f"vis and txt must both be (B, D); got {tuple(vis.shape)} and {tuple(txt.shape)}")
+    if prototypes.ndim != 2 or prototypes.shape[1] != vis.shape[1]:
+        raise ValueError(f"prototypes must be (K, {vis.shape[1]}), got {tuple(prototypes.shape)}")
+    if not temp > 0:
+        raise ValueError(f"temp must be > 0, got {temp}")
+    f_v = F.normalize(vis.float(), dim=-1)  # (B, D)
+    f_t = F.normalize(txt.detach().float(), dim=-1)  # (B, D), stop-gradient to the LLM
+    if variant == "infonce":
+        logits = f_v @ f_t.T / temp  # (B, B): the matching caption is the positive
+        return F.cross_entropy(logits, torch.arange(len(vis), device=vis.device))
+    W = F.normalize(prototypes.float(), dim=-1)  # (K, D)
+    if variant != "learnable":
+        W = W.detach()  # Eq. 8: stop-gradient on the word embeddings
+    c_v = f_v @ W.T  # (B, K)  Eq. 8
+    c_t = f_t @ W.detach().T  # (B, K)
+    if variant == "softmax":
+        p_t = torch.softmax(c_t / eps, dim=-1)
+    else:
+        p_t = sinkhorn_knopp(c_t, prior if variant == "sinkhorn" else None, eps, n_iters, mode)  # Eq. 9
+    return -(p_t * F.log_softmax(c_v / temp, dim=-1)).sum(-1).mean()  # Eq. 10
+
+
+def pool_packed(packed: Packed) -> torch.Tensor:
+    """F_v of Eq. 7: mean of each image's tokens in a Packed -> (B, D)."""
+    lengths = torch.tensor(packed.lengths, device=packed.tokens.device)
+    ids = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # (ΣN_i,)
+    sums = packed.tokens.new_zeros(len(lengths), packed.tokens.shape[1]).index_add_(0, ids, packed.tokens)
+    return sums / lengths[:, None].to(sums.dtype)
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """F_t of Eq. 7: mean of hidden (B, N, D) over positions where mask (B, N) is true -> (B, D)."""
+    if hidden.shape[:2] != mask.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} does not match hidden {tuple(hidden.shape[:2])}")
+    counts = mask.sum(1)
+    if (counts == 0).any():
+        raise ValueError(f"sample(s) {(counts == 0).nonzero().view(-1).tolist()} have no text tokens to pool")
+    m = mask.to(hidden.dtype)[..., None]  # (B, N, 1)
+    return (hidden * m).sum(1) / counts[:, None].to(hidden.dtype)
+
+
+def word_prior(counts: torch.Tensor, rule: str = "frequency", smoothing: float = 1.0,
+               temperature: float = 0.05) -> torch.Tensor:
+    """The word prior u_W (K,) from token counts (K,) of the Stage-II captions.
+
+    - ``frequency`` (default): (n_k + smoothing) / Σ (n + smoothing), add-`smoothing` relative
+      frequency, so every token keeps some mass and balanced Sinkhorn stays well posed.
+    - ``softmax``: softmax(n_k / temperature), the authors' rule. On raw counts it puts almost
+      all mass on the most frequent tokens; it is provided to reproduce their runs.
+    """
+    counts = torch.as_tensor(counts).double()
+    if counts.ndim != 1 or not torch.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError("counts must be a 1-D tensor of finite, non-negative token counts")
+    if rule == "frequency":
+        if smoothing < 0 or (smoothing == 0 and counts.sum() == 0):
+            raise ValueError("smoothing must be >= 0, and > 0 when every count is zero")
+        p = counts + smoothing
+        return (p / p.sum()).float()
+    if rule == "softmax":
+        return torch.softmax(counts / temperature, dim=0).float()
+    raise ValueError(f"rule={rule!r}, expected one of {PRIOR_RULES}")
