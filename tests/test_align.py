@@ -38,7 +38,8 @@ def test_balanced_converges_to_pot_solution(with_prior):
     scores = torch.rand(B, K, generator=g) * 2 - 1
     prior = torch.rand(K, generator=g) + 0.1 if with_prior else None
     u = torch.full((K,), 1 / K) if prior is None else prior / prior.sum()
-    plan = ot.sinkhorn(np.full(B, 1 / B), u.double().numpy(), -scores.double().numpy(), eps,
+    u64 = (u.double() / u.double().sum()).numpy()  # marginals must have equal mass in float64
+    plan = ot.sinkhorn(np.full(B, 1 / B), u64, -scores.double().numpy(), eps,
                        numItermax=100000, stopThr=1e-10)  # (B, K), rows sum to 1/B
     plan = torch.from_numpy(plan)
     ours = align.sinkhorn_knopp(scores, prior, eps=eps, n_iters=2000)
