@@ -63,11 +63,15 @@ def sinkhorn_knopp(scores: torch.Tensor, prior: torch.Tensor | None = None, eps:
         raise ValueError(f"scores must be (B, K), got shape {tuple(scores.shape)}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
+    return _sinkhorn_(scores.detach().float() / eps, prior, n_iters, mode, chunk)
+
+
+def _sinkhorn_(logq: torch.Tensor, prior, n_iters: int, mode: str, chunk: int) -> torch.Tensor:
+    """`sinkhorn_knopp` on logq = scores / ε (B, K) float32, overwritten with the targets."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}, expected one of {MODES}")
-    B, K = scores.shape
-    log_u = _log_prior(prior, K, scores.device)  # (K,)
-    logq = scores.detach().float() / eps  # (B, K): the one working buffer
+    B, K = logq.shape
+    log_u = _log_prior(prior, K, logq.device)  # (K,)
     if mode == "official":
         if n_iters:
             logq += n_iters * log_u
@@ -105,16 +109,20 @@ def alignment_loss(vis: torch.Tensor, txt: torch.Tensor, prototypes: torch.Tenso
     if variant == "infonce":
         logits = f_v @ f_t.T / temp  # (B, B): the matching caption is the positive
         return F.cross_entropy(logits, torch.arange(len(vis), device=vis.device))
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
     W = F.normalize(prototypes.float(), dim=-1)  # (K, D)
     if variant != "learnable":
         W = W.detach()  # Eq. 8: stop-gradient on the word embeddings
-    c_v = f_v @ W.T  # (B, K)  Eq. 8
-    c_t = f_t @ W.detach().T  # (B, K)
-    if variant == "softmax":
-        p_t = torch.softmax(c_t / eps, dim=-1)
-    else:
-        p_t = sinkhorn_knopp(c_t, prior if variant == "sinkhorn" else None, eps, n_iters, mode)  # Eq. 9
-    return -(p_t * F.log_softmax(c_v / temp, dim=-1)).sum(-1).mean()  # Eq. 10
+    # (B, K) buffers are the memory cost at K = 151,936: targets, logits, log-probs, and no others
+    with torch.no_grad():
+        logq = (f_t / eps) @ W.detach().T  # C_t / ε (B, K), Eq. 8
+        if variant == "softmax":
+            p_t = torch.softmax(logq, dim=-1)
+        else:
+            p_t = _sinkhorn_(logq, prior if variant == "sinkhorn" else None, n_iters, mode, 16384)  # Eq. 9, in place
+    log_p_v = F.log_softmax((f_v / temp) @ W.T, dim=-1)  # log softmax(C_v / τ) (B, K), Eq. 8 and 10
+    return -torch.dot(p_t.flatten(), log_p_v.flatten()) / len(vis)  # Eq. 10, no (B, K) product buffer
 
 
 def pool_packed(packed: Packed) -> torch.Tensor:
