@@ -81,3 +81,27 @@ def test_figures_render(ape, small_vit, rand_images):
     for f in figs:
         assert isinstance(f, plt.Figure) and f.axes
         plt.close(f)
+
+
+def test_sinkhorn_toy_problem_has_a_hub_that_softmax_collapses_onto():
+    s = viz.toy_scores(B=8, K=24)
+    assert s.shape == (8, 24) and (s.argmax(1) == 0).float().mean() >= 0.75  # the hub is most samples' best
+    soft = torch.softmax(s / 0.05, -1)[:, 0].mean()
+    bal = mc.sinkhorn_knopp(s, viz.zipf_prior(24, 0.0), eps=0.05, n_iters=50)[:, 0].mean()
+    assert soft > 0.7 and abs(bal - 1 / 24) < 0.01  # balanced: the hub gets its prior share
+
+
+def test_zipf_prior_and_marginal_errors():
+    u = viz.zipf_prior(10, 1.0)
+    torch.testing.assert_close(u.sum(), torch.tensor(1.0))
+    assert (u[1:] < u[:-1]).all()
+    torch.testing.assert_close(viz.zipf_prior(10, 0.0), torch.full((10,), 0.1))
+    err = viz.marginal_errors(viz.toy_scores(), viz.zipf_prior(24), eps=0.2, n_iters=20)
+    assert err.shape == (21,) and err[-1] < 1e-4 < err[0]
+
+
+def test_sinkhorn_figures_render():
+    for f in (viz.plot_sinkhorn(0.05, 3, 1.0), viz.plot_sinkhorn(0.1, 0, 0.0, mode="official"),
+              viz.plot_sinkhorn_convergence(n_iters=5), viz.plot_modes()):
+        assert isinstance(f, plt.Figure) and f.axes
+        plt.close(f)
