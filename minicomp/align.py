@@ -111,17 +111,17 @@ def alignment_loss(vis: torch.Tensor, txt: torch.Tensor, prototypes: torch.Tenso
         return F.cross_entropy(logits, torch.arange(len(vis), device=vis.device))
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    W = F.normalize(prototypes.float(), dim=-1)  # (K, D)
-    if variant != "learnable":
-        W = W.detach()  # Eq. 8: stop-gradient on the word embeddings
+    # Eq. 8 with W L2-normalised: scale the (B, K) scores by 1/‖W_k‖ instead of copying W (K, D)
+    W = prototypes.float() if variant == "learnable" else prototypes.detach().float()  # stop-gradient
+    inv_norm = W.norm(dim=-1).clamp_min(1e-12).reciprocal()  # (K,)
     # (B, K) buffers are the memory cost at K = 151,936: targets, logits, log-probs, and no others
     with torch.no_grad():
-        logq = (f_t / eps) @ W.detach().T  # C_t / ε (B, K), Eq. 8
+        logq = ((f_t / eps) @ W.detach().T).mul_(inv_norm.detach())  # C_t / ε (B, K)
         if variant == "softmax":
             p_t = torch.softmax(logq, dim=-1)
         else:
             p_t = _sinkhorn_(logq, prior if variant == "sinkhorn" else None, n_iters, mode, 16384)  # Eq. 9, in place
-    log_p_v = F.log_softmax((f_v / temp) @ W.T, dim=-1)  # log softmax(C_v / τ) (B, K), Eq. 8 and 10
+    log_p_v = F.log_softmax(((f_v / temp) @ W.T) * inv_norm, dim=-1)  # log softmax(C_v / τ) (B, K), Eq. 10
     return -torch.dot(p_t.flatten(), log_p_v.flatten()) / len(vis)  # Eq. 10, no (B, K) product buffer
 
 
