@@ -109,20 +109,32 @@ def alignment_loss(vis: torch.Tensor, txt: torch.Tensor, prototypes: torch.Tenso
     if variant == "infonce":
         logits = f_v @ f_t.T / temp  # (B, B): the matching caption is the positive
         return F.cross_entropy(logits, torch.arange(len(vis), device=vis.device))
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    # Eq. 8 with W L2-normalised: scale the (B, K) scores by 1/‖W_k‖ instead of copying W (K, D)
-    W = prototypes.float() if variant == "learnable" else prototypes.detach().float()  # stop-gradient
-    inv_norm = W.norm(dim=-1).clamp_min(1e-12).reciprocal()  # (K,)
-    # (B, K) buffers are the memory cost at K = 151,936: targets, logits, log-probs, and no others
-    with torch.no_grad():
-        logq = ((f_t / eps) @ W.detach().T).mul_(inv_norm.detach())  # C_t / ε (B, K)
-        if variant == "softmax":
-            p_t = torch.softmax(logq, dim=-1)
-        else:
-            p_t = _sinkhorn_(logq, prior if variant == "sinkhorn" else None, n_iters, mode, 16384)  # Eq. 9, in place
+    W = prototypes.float() if variant == "learnable" else prototypes.detach().float()  # stop-gradient, Eq. 8
+    inv_norm = W.norm(dim=-1).clamp_min(1e-12).reciprocal()  # (K,): L2-normalise by scaling the scores
+    p_t = alignment_targets(f_t, W.detach(), prior, eps, n_iters, mode, variant)  # (B, K), Eq. 9
     log_p_v = F.log_softmax(((f_v / temp) @ W.T) * inv_norm, dim=-1)  # log softmax(C_v / τ) (B, K), Eq. 10
     return -torch.dot(p_t.flatten(), log_p_v.flatten()) / len(vis)  # Eq. 10, no (B, K) product buffer
+
+
+@torch.no_grad()
+def alignment_targets(txt: torch.Tensor, prototypes: torch.Tensor, prior: torch.Tensor | None = None,
+                      eps: float = 0.005, n_iters: int = 3, mode: str = "balanced",
+                      variant: str = "sinkhorn") -> torch.Tensor:
+    """The text side's targets p_t (B, K) of `alignment_loss` (Eq. 8–9), rows sum to 1, no gradient.
+
+    txt (B, D) and prototypes (K, D) are L2-normalised here. Only `prior` is used by variant
+    ``sinkhorn``; ``softmax`` gives softmax(C_t / ε); the others use a uniform prior.
+    """
+    if variant not in VARIANTS or variant == "infonce":
+        raise ValueError(f"variant={variant!r} has no prototype targets; expected one of {VARIANTS[:-1]}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    W = prototypes.float()
+    # C_t / ε (B, K), Eq. 8: the only (B, K) buffer, normalised by scaling instead of copying W (K, D)
+    logq = ((F.normalize(txt.float(), dim=-1) / eps) @ W.T).mul_(W.norm(dim=-1).clamp_min(1e-12).reciprocal())
+    if variant == "softmax":
+        return torch.softmax(logq, dim=-1)
+    return _sinkhorn_(logq, prior if variant == "sinkhorn" else None, n_iters, mode, 16384)  # in place
 
 
 def pool_packed(packed: Packed) -> torch.Tensor:

@@ -193,3 +193,17 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="variant"):
         align.alignment_loss(torch.rand(3, 4), torch.rand(3, 4), W, variant="dino")
     assert math.isfinite(align.alignment_loss(torch.rand(3, 4), torch.rand(3, 4), W).item())
+
+
+def test_alignment_targets_are_the_losses_targets():
+    g = torch.Generator().manual_seed(8)
+    W = torch.randn(60, 8, generator=g) * 3  # not normalised: the function normalises
+    txt = torch.randn(5, 8, generator=g)
+    prior = torch.rand(60, generator=g)
+    c_t = torch.nn.functional.normalize(txt, dim=-1) @ torch.nn.functional.normalize(W, dim=-1).T
+    for variant, ref in {"sinkhorn": align.sinkhorn_knopp(c_t, prior, 0.1, 3),
+                         "no_prior": align.sinkhorn_knopp(c_t, None, 0.1, 3),
+                         "softmax": torch.softmax(c_t / 0.1, -1)}.items():
+        torch.testing.assert_close(align.alignment_targets(txt, W, prior, eps=0.1, variant=variant), ref)
+    with pytest.raises(ValueError, match="no prototype targets"):
+        align.alignment_targets(txt, W, variant="infonce")

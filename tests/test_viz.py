@@ -3,6 +3,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from timm.layers import build_sincos2d_pos_embed  # noqa: E402
@@ -105,3 +106,10 @@ def test_sinkhorn_figures_render():
               viz.plot_sinkhorn_convergence(n_iters=5), viz.plot_modes()):
         assert isinstance(f, plt.Figure) and f.axes
         plt.close(f)
+
+
+def test_marginal_errors_single_pass_equals_restarting():
+    s, u = viz.toy_scores(), viz.zipf_prior(24)
+    err = viz.marginal_errors(s, u, eps=0.1, n_iters=6)
+    direct = [(mc.sinkhorn_knopp(s, u, 0.1, i).mean(0) - u).abs().sum().item() for i in range(7)]
+    np.testing.assert_allclose(err, direct, rtol=1e-4, atol=1e-6)

@@ -30,11 +30,16 @@ def zipf_prior(K: int, strength: float = 1.0) -> torch.Tensor:
 
 def marginal_errors(scores: torch.Tensor, prior: torch.Tensor, eps: float, n_iters: int) -> np.ndarray:
     """L1 distance between the column marginal of the targets and the prior after 0 … n_iters
-    balanced Sinkhorn iterations: (n_iters + 1,)."""
-    out = []
-    for i in range(n_iters + 1):
-        t = sinkhorn_knopp(scores, prior, eps, i)
-        out.append((t.mean(0) - prior / prior.sum()).abs().sum().item())
+    balanced Sinkhorn iterations: (n_iters + 1,). One pass: from iteration 1 on, the targets are
+    the algorithm's whole state (each iteration ends by normalising rows), so each further
+    iteration restarts from ε·log(targets)."""
+    u = prior / prior.sum()
+    out = [(sinkhorn_knopp(scores, prior, eps, 0).mean(0) - u).abs().sum().item()]  # softmax(C / ε)
+    t = sinkhorn_knopp(scores, prior, eps, 1)
+    for i in range(n_iters):
+        if i:
+            t = sinkhorn_knopp(eps * t.log(), prior, eps, 1)
+        out.append((t.mean(0) - u).abs().sum().item())
     return np.array(out)
 
 
@@ -86,7 +91,7 @@ def plot_modes(eps: float = 0.05, n_iters: int = 3, prior_strength: float = 1.0,
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True)
     for ax, (name, t) in zip(axes, panels.items()):
         ax.imshow(t.numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1)
-        ax.set(title=f"{name}\nhub gets {t[:, 0].mean().item():.0%} of the mass", xlabel="prototype k")
+        ax.set(title=f"{name}\nhub gets {t[:, 0].mean().item():.1%} of the mass", xlabel="prototype k")
     axes[0].set_ylabel("sample b")
     fig.tight_layout()
     return fig
