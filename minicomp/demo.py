@@ -9,6 +9,7 @@ import timm
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .data.resize import to_tensor
 from .vision import CRoPEViT
 
 # (width, height) in patches of each demo image: wide, tall, square, small
@@ -29,12 +30,6 @@ def demo_image(w_px: int, h_px: int, seed: int = 0) -> Image.Image:
         x0 = bw * (2 * i + 0.5)
         draw.rectangle([x0, h_px * (1 - v), x0 + bw, h_px - 2], fill=tuple(rng.integers(0, 200, 3).tolist()))
     return img
-
-
-def to_tensor(img: Image.Image, mean, std) -> torch.Tensor:
-    """PIL RGB -> normalised (3, H, W) float32."""
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
 def run_demo(model: str = "vit_base_patch16_siglip_224", depth: int | None = None, pretrained: bool = False,

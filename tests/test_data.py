@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from minicomp.data import FAMILIES, SyntheticDataset, budget_size, resize_fixed, resize_to_budget, to_tensor
+from minicomp.data.synthetic import _content_bucket
+
+
+def test_same_seed_same_samples_and_another_seed_differs():
+    a, b, c = SyntheticDataset("train", 6, seed=1), SyntheticDataset("train", 6, seed=1), SyntheticDataset("train", 6, seed=2)
+    for i in range(6):
+        assert a[i].caption == b[i].caption and a[i].conversations == b[i].conversations
+        assert np.array_equal(np.asarray(a[i].image), np.asarray(b[i].image))
+    assert [a[i].caption for i in range(6)] != [c[i].caption for i in range(6)]
+
+
+def test_splits_never_overlap():
+    seen = {}
+    for split, n in (("train", 240), ("val", 60), ("test", 60)):
+        for i in range(n):
+            s = SyntheticDataset(split, n, seed=0)[i]
+            assert s.meta["split"] == split
+            assert seen.setdefault(s.caption, split) == split, f"{s.caption!r} in {split} and {seen[s.caption]}"
+    # the split is a function of the content: recomputing the bucket agrees
+    s = SyntheticDataset("val", 1)[0]
+    m = {k: v for k, v in s.meta.items() if k not in ("id", "split")}
+    assert _content_bucket(m) == 8
+
+
+def test_families_sizes_and_aspect_ratios():
+    ds = SyntheticDataset("train", 150, seed=0)
+    samples = [ds[i] for i in range(150)]
+    assert {s.meta["family"] for s in samples} == set(FAMILIES)
+    aspects = [s.image.width / s.image.height for s in samples]
+    assert min(aspects) < 0.3 and max(aspects) > 3.5  # portrait and landscape down to 1:4
+    assert any(abs(a - 1) < 0.05 for a in aspects)
+    assert len({s.image.size for s in samples}) > 100  # native, varied sizes
+    for s in samples:
+        assert s.image.mode == "RGB" and s.caption.strip()
+        assert s.conversations[0]["from"] == "human" and s.conversations[0]["value"].startswith("<image>\n")
+        assert [t["from"] for t in s.conversations] == ["human", "gpt"] * (len(s.conversations) // 2)
+
+
+def test_answers_follow_the_ground_truth():
+    for s in (SyntheticDataset("test", 30, seed=3)[i] for i in range(30)):
+        m, answers = s.meta, [t["value"] for t in s.conversations[1::2]]
+        if m["family"] == "document":
+            assert answers[0] in m["lines"] and answers[1] == str(len(m["lines"]))
+            assert 8 <= m["glyph_px"] <= 11  # small glyphs
+        elif m["family"] == "chart":
+            assert int(answers[0]) in m["values"]
+            assert answers[1] == m["labels"][int(np.argmax(m["values"]))]
+        else:
+            assert answers[0] in [o["color"] for o in m["objects"]] and answers[1] == str(len(m["objects"]))
+            xs = [o["x"] for o in m["objects"]]
+            assert xs == sorted(xs)  # "from left to right" is true
+
+
+def test_fixed_low_resolution_destroys_the_glyphs():
+    docs = [s for s in (SyntheticDataset("train", 30, family="document")[i] for i in range(30))]
+    shrunk = [s.meta["glyph_px"] * 64 / s.image.height for s in docs]  # glyph height after a 64 px resize
+    assert np.median(shrunk) < 3.0  # unreadable, against 8-11 px at native resolution
+
+
+@pytest.mark.parametrize("hw", [(1000, 250), (250, 1000), (37, 53), (4000, 3000), (28, 28), (10, 2000)])
+def test_budget_size_properties(hw):
+    H, W = budget_size(*hw, patch=14, merge=2, min_tokens=4, max_tokens=300)
+    assert H % 28 == 0 and W % 28 == 0
+    tokens = (H // 28) * (W // 28)
+    assert 4 <= tokens <= 300
+    if 4 * 28 * 28 <= hw[0] * hw[1] and min(hw) >= 28:
+        assert abs(np.log((H / W) / (hw[0] / hw[1]))) < 0.35  # aspect ratio kept (up to rounding)
+
+
+def test_budget_keeps_native_size_when_within_budget():
+    assert budget_size(280, 560, patch=14) == (280, 560)
+    img = Image.new("RGB", (560, 280))
+    assert resize_to_budget(img, 14).size == (560, 280)
+    assert resize_to_budget(Image.new("L", (100, 90)), 14, max_tokens=4).size == (56, 56)
+
+
+def test_resize_fixed_and_to_tensor():
+    img = Image.new("RGB", (300, 100), (255, 0, 128))
+    sq = resize_fixed(img, 64)
+    assert sq.size == (64, 64)
+    x = to_tensor(sq, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    torch.testing.assert_close(x[:, 0, 0], torch.tensor([1.0, -1.0, 128 / 255 * 2 - 1]))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="aspect ratio above"):
+        budget_size(1, 1000, patch=14)
+    with pytest.raises(ValueError, match="min_tokens"):
+        budget_size(100, 100, patch=14, min_tokens=10, max_tokens=5)
+    with pytest.raises(ValueError, match="split"):
+        SyntheticDataset("dev")
+    with pytest.raises(IndexError):
+        SyntheticDataset("train", 3)[3]
+
+
+def test_budget_size_always_lands_in_budget():
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        H = int(rng.integers(1, 5000))
+        W = int(rng.integers(max(1, H // 150), min(5000, H * 150) + 1))
+        lo = int(rng.integers(1, 60))
+        hi = int(rng.integers(lo, 4000))
+        h, w = budget_size(H, W, patch=14, merge=2, min_tokens=lo, max_tokens=hi)
+        assert h % 28 == 0 and w % 28 == 0 and lo <= (h // 28) * (w // 28) <= hi, (H, W, lo, hi, h, w)
