@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-MAX_ASPECT = 200  # beyond this a "native" image is a line, not a picture
+from .images import MAX_ASPECT
 
 
 def budget_size(height: int, width: int, patch: int, merge: int = 2, min_tokens: int = 4,

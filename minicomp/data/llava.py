@@ -1,0 +1,119 @@
+"""LLaVA-format data: LLaVA-Pretrain captions and LLaVA-NeXT / OneVision conversation files
+(JSON list or JSONL), with an image root. Text-only records are kept.
+
+Bad records are skipped and counted by reason in `.skipped` (a log line reports them), so that
+``len(ds) + sum(ds.skipped.values())`` equals the number of records read; ``strict=True``
+raises at the first one, naming it. Images are checked at construction from their headers
+(missing, unreadable, too small, decompression bombs, extreme aspect ratios) and decoded on
+access.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+from .images import BadImage, check_header, load_image
+from .synthetic import Sample
+
+log = logging.getLogger(__name__)
+IMAGE_TOKEN = "<image>"
+
+
+class BadRecord(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def read_records(path: str | os.PathLike) -> list:
+    """Records of a .json (a list) or .jsonl (one object per line) file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    if path.suffix == ".jsonl":
+        out = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    out.append(BadRecord("invalid JSON", f"{path}:{n}: {e}"))
+        return out
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        return data
+    raise ValueError(f"{path}: expected a .json or .jsonl file")
+
+
+def check_record(rec, image_root: Path | None) -> tuple[str | None, list[dict]]:
+    """Validate one record; return (image path or None, conversations) or raise BadRecord."""
+    if isinstance(rec, BadRecord):
+        raise rec
+    if not isinstance(rec, dict):
+        raise BadRecord("not an object", f"got {type(rec).__name__}")
+    conv = rec.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise BadRecord("missing field", "`conversations` must be a non-empty list")
+    for t in conv:
+        if not isinstance(t, dict) or t.get("from") not in ("human", "gpt", "system") or not isinstance(t.get("value"), str):
+            raise BadRecord("bad conversations", f"turn {t!r} needs `from` in human/gpt/system and a string `value`")
+        if not t["value"].replace(IMAGE_TOKEN, "").strip() and t["from"] != "system":
+            raise BadRecord("empty text", f"a {t['from']} turn has no text")
+    if not any(t["from"] == "gpt" for t in conv):
+        raise BadRecord("no assistant turn", "no `gpt` turn to supervise")
+    images = rec.get("image")
+    images = [] if images is None else [images] if isinstance(images, str) else images
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise BadRecord("missing field", "`image` must be a path or a list of paths")
+    if len(images) > 1:
+        raise BadRecord("multiple images", f"{len(images)} images; minicomp trains on single-image records")
+    n_tokens = sum(t["value"].count(IMAGE_TOKEN) for t in conv)
+    if n_tokens != len(images):
+        more = "more" if n_tokens > len(images) else "fewer"
+        raise BadRecord("placeholder mismatch", f"{n_tokens} {IMAGE_TOKEN} placeholders ({more}) for {len(images)} images")
+    if not images:
+        return None, conv
+    root = (image_root or Path(".")).resolve()
+    path = (root / images[0]).resolve()
+    if root not in path.parents:
+        raise BadRecord("image path escapes root", f"{images[0]!r} is outside {root}")
+    try:
+        check_header(str(path))
+    except BadImage as e:
+        raise BadRecord(e.reason, str(e)) from None
+    return str(path), conv
+
+
+class LlavaDataset:
+    """Indexable LLaVA-format dataset: items are `Sample`s (image None for text-only records)."""
+
+    def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None, strict: bool = False):
+        self.path, self.image_root = Path(path), Path(image_root) if image_root is not None else None
+        self.skipped: Counter = Counter()
+        self.items: list[tuple[str | None, list[dict], dict]] = []
+        for i, rec in enumerate(read_records(self.path)):
+            try:
+                image, conv = check_record(rec, self.image_root)
+            except BadRecord as e:
+                rid = rec.get("id", i) if isinstance(rec, dict) else i
+                if strict:
+                    raise BadRecord(e.reason, f"{self.path} record {i} (id {rid!r}): {e}") from None
+                self.skipped[e.reason] += 1
+                continue
+            self.items.append((image, conv, {"id": rec.get("id", str(i)), "index": i, "source": str(self.path)}))
+        if self.skipped:
+            log.warning("%s: kept %d records, skipped %d: %s", self.path, len(self.items),
+                        sum(self.skipped.values()), dict(self.skipped))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Sample:
+        image, conv, meta = self.items[i]
+        caption = "\n".join(t["value"] for t in conv if t["from"] == "gpt")  # the text to align with
+        return Sample(load_image(image) if image else None, caption, conv, dict(meta, image_path=image))
