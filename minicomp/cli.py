@@ -14,12 +14,42 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--pretrained", action="store_true", help="load the model's weights from the hub")
     demo.add_argument("--checkpoint", default=None, help="load weights from a local file instead")
     demo.add_argument("--rope-theta", type=float, default=10000.0)
+    prior = sub.add_parser("prior", help="count the tokens of a caption set, for the word prior of Eq. 9")
+    prior.add_argument("--tokenizer", required=True, help="a transformers tokenizer: model id or local directory")
+    src = prior.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="a LLaVA-format .json/.jsonl file (its assistant turns are the captions)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="the first N toy-world training captions")
+    prior.add_argument("--image-root", default=None, help="image folder of --data (records are validated)")
+    prior.add_argument("--out", required=True, help="output .safetensors file with a `counts` tensor")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
         from .demo import run_demo
         run_demo(args.model, args.depth, args.pretrained, args.checkpoint, args.rope_theta)
+    elif args.command == "prior":
+        _prior(args)
     return 0
+
+
+def _prior(args) -> None:
+    from transformers import AutoTokenizer
+
+    from .data import LlavaDataset, SyntheticDataset
+    from .data.prior import count_tokens, save_counts
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if args.data:
+        ds = LlavaDataset(args.data, image_root=args.image_root)
+        texts = ("\n".join(t["value"] for t in conv if t["from"] == "gpt") for _, conv, _ in ds.items)
+        n, skipped = len(ds), sum(ds.skipped.values())
+    else:
+        ds = SyntheticDataset("train", args.synthetic)
+        texts = (ds[i].caption for i in range(len(ds)))
+        n, skipped = len(ds), 0
+    counts = count_tokens(texts, tokenizer, total=n)
+    save_counts(counts, args.out)
+    print(f"counted {int(counts.sum()):,} tokens of {n:,} captions ({skipped:,} records skipped) over a "
+          f"vocabulary of {len(counts):,}; {int((counts > 0).sum()):,} distinct tokens -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -93,3 +93,29 @@ def test_processor_and_collate_on_a_mixed_batch(tok):
 def test_merged_tokens():
     assert d.merged_tokens(448, 896, patch=14) == 16 * 32
     assert d.merged_tokens(4000, 4000, patch=14, max_tokens=3000) <= 3000
+
+
+def test_prior_counts_from_the_cli(tok, tmp_path):
+    import json
+
+    from minicomp.align import word_prior
+    from minicomp.cli import main
+    from minicomp.data.prior import count_tokens, load_counts
+
+    tok_dir = tmp_path / "tok"
+    tok.save_pretrained(tok_dir)
+    records = [{"id": "a", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "red red blue"}]},
+               {"id": "b", "conversations": [{"from": "human", "value": "Hi"}]}]  # no answer: skipped
+    (tmp_path / "caps.json").write_text(json.dumps(records))
+    assert main(["prior", "--tokenizer", str(tok_dir), "--data", str(tmp_path / "caps.json"),
+                 "--out", str(tmp_path / "counts.safetensors")]) == 0
+    counts = load_counts(tmp_path / "counts.safetensors")
+    expected = torch.zeros(len(tok), dtype=torch.int64)
+    for t in tok("red red blue", add_special_tokens=False)["input_ids"]:
+        expected[t] += 1
+    assert torch.equal(counts, expected)
+    assert torch.equal(count_tokens(["red red blue"], tok, batch_size=1), expected)
+    u = word_prior(counts)
+    assert u.shape == (len(tok),) and u.argmax() == counts.argmax()
+    assert main(["prior", "--tokenizer", str(tok_dir), "--synthetic", "20", "--out", str(tmp_path / "s.safetensors")]) == 0
+    assert load_counts(tmp_path / "s.safetensors").sum() > 100
