@@ -49,8 +49,8 @@ def plot_sinkhorn(eps: float = 0.05, n_iters: int = 3, prior_strength: float = 1
     the prior (top) and each sample's row sum (right). Returns a Figure."""
     scores, prior = toy_scores(B, K, seed), zipf_prior(K, prior_strength)
     t = sinkhorn_knopp(scores, prior, eps, n_iters, mode)
-    fig = plt.figure(figsize=(10, 5))
-    gs = fig.add_gridspec(2, 2, width_ratios=(12, 1), height_ratios=(1, 2.2), hspace=0.08, wspace=0.04)
+    fig = plt.figure(figsize=(10.5, 5))
+    gs = fig.add_gridspec(2, 3, width_ratios=(12, 1, 0.35), height_ratios=(1, 2.2), hspace=0.08, wspace=0.06)
     top, heat, side = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[1, 0]), fig.add_subplot(gs[1, 1])
     k = np.arange(K)
     top.bar(k, t.mean(0).numpy(), color="tab:blue", label="mass received (column mean)")
@@ -59,8 +59,9 @@ def plot_sinkhorn(eps: float = 0.05, n_iters: int = 3, prior_strength: float = 1
     top.set_xticks([])
     top.legend(fontsize=8, loc="upper right")
     top.set_title(f"{mode} Sinkhorn-Knopp: ε={eps:g}, {n_iters} iterations, prior strength {prior_strength:g}")
-    heat.imshow(t.numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1)
+    im = heat.imshow(t.numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1)
     heat.set(xlabel="prototype k (0 = the hub)", ylabel="sample b")
+    fig.colorbar(im, cax=fig.add_subplot(gs[1, 2]), label="target mass")
     side.barh(np.arange(B), t.sum(1).numpy(), color="tab:gray")
     side.set(xlim=(0, 1.2), yticks=[], xlabel="row sum")
     side.invert_yaxis()
@@ -88,10 +89,10 @@ def plot_modes(eps: float = 0.05, n_iters: int = 3, prior_strength: float = 1.0,
     panels = {"softmax(C / ε)": torch.softmax(scores / eps, -1),
               "official: softmax(C/ε + n·log u)": sinkhorn_knopp(scores, prior, eps, n_iters, "official"),
               "balanced (Eq. 9)": sinkhorn_knopp(scores, prior, eps, n_iters, "balanced")}
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.6), sharey=True, layout="constrained")
     for ax, (name, t) in zip(axes, panels.items()):
-        ax.imshow(t.numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1)
+        im = ax.imshow(t.numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1)
         ax.set(title=f"{name}\nhub gets {t[:, 0].mean().item():.1%} of the mass", xlabel="prototype k")
     axes[0].set_ylabel("sample b")
-    fig.tight_layout()
+    fig.colorbar(im, ax=axes, fraction=0.03, label="target mass")
     return fig
