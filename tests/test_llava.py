@@ -108,3 +108,42 @@ def test_file_errors(tmp_path):
 def test_to_rgb_and_load_image(root):
     assert to_rgb(Image.new("LA", (4, 4), (0, 0))).getpixel((0, 0)) == (255, 255, 255)
     assert load_image(str(root / "cmyk.jpg")).mode == "RGB"
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "save_to_disk"])
+def test_huggingface_datasets_with_embedded_images(tmp_path, fmt):
+    import io
+
+    datasets = pytest.importorskip("datasets")
+
+    def png(img):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    rows = {
+        "id": ["ok", "gray16", "text", "corrupt", "tiny"],
+        "image": [png(Image.new("RGB", (40, 30), (1, 2, 3))),
+                  png(Image.fromarray(np.full((30, 40), 65535, dtype=np.uint16))),
+                  None,
+                  {"bytes": b"garbage", "path": "x.png"},
+                  png(Image.new("RGB", (1, 1)))],
+        "conversations": [conv(), conv(), conv("2 + 2?", "4"), conv(), conv()],
+    }
+    ds = datasets.Dataset.from_dict(rows, features=datasets.Features({
+        "id": datasets.Value("string"), "image": datasets.Image(),
+        "conversations": [{"from": datasets.Value("string"), "value": datasets.Value("string")}]}))
+    if fmt == "parquet":
+        path = tmp_path / "ov.parquet"
+        ds.to_parquet(str(path))
+    else:
+        path = tmp_path / "ov"
+        ds.save_to_disk(str(path))
+    llava = LlavaDataset(path)
+    assert len(llava) == 3 and dict(llava.skipped) == {"image unreadable": 1, "image too small": 1}
+    by_id = {llava[i].meta["id"]: llava[i] for i in range(len(llava))}
+    assert by_id["ok"].image.getpixel((0, 0)) == (1, 2, 3)
+    assert by_id["gray16"].image.getpixel((0, 0)) == (255, 255, 255)
+    assert by_id["text"].image is None and by_id["text"].caption == "4"
+    with pytest.raises(BadRecord, match="record 3 \\(id 'corrupt'\\): image unreadable"):
+        LlavaDataset(path, strict=True)

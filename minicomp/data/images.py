@@ -1,6 +1,7 @@
 """Opening images safely: any PIL mode to RGB, and clear reasons for the ones we refuse."""
 from __future__ import annotations
 
+import io
 import warnings
 
 import numpy as np
@@ -18,13 +19,18 @@ class BadImage(ValueError):
         self.reason = reason
 
 
-def check_header(path: str) -> tuple[int, int]:
-    """Open only the header; return (width, height) or raise BadImage. Decompression bombs
-    (PIL's pixel limit) are refused here, before any pixel is decoded."""
+def _source(src: str | bytes):
+    return io.BytesIO(src) if isinstance(src, bytes) else src
+
+
+def check_header(src: str | bytes, name: str | None = None) -> tuple[int, int]:
+    """Open only the header of a file path or encoded bytes; return (width, height) or raise
+    BadImage. Decompression bombs (PIL's pixel limit) are refused before any pixel is decoded."""
+    path = name or (src if isinstance(src, str) else "<embedded image>")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(_source(src)) as im:
                 w, h = im.size
     except FileNotFoundError:
         raise BadImage("image file missing", path) from None
@@ -55,11 +61,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str) -> Image.Image:
-    """Decode fully and return RGB, or raise BadImage naming the file and the reason."""
-    check_header(path)
+def load_image(src: str | bytes, name: str | None = None) -> Image.Image:
+    """Decode a file path or encoded bytes fully and return RGB, or raise BadImage naming it."""
+    check_header(src, name)
+    path = name or (src if isinstance(src, str) else "<embedded image>")
     try:
-        with Image.open(path) as im:
+        with Image.open(_source(src)) as im:
             im.load()
             return to_rgb(im)
     except (OSError, SyntaxError, ValueError) as e:

@@ -1,5 +1,7 @@
 """LLaVA-format data: LLaVA-Pretrain captions and LLaVA-NeXT / OneVision conversation files
-(JSON list or JSONL), with an image root. Text-only records are kept.
+(JSON list or JSONL) with an image root, and Hugging Face `datasets` files with embedded images
+(.parquet, or a `save_to_disk` folder), as LLaVA-OneVision is distributed. Text-only records
+are kept.
 
 Bad records are skipped and counted by reason in `.skipped` (a log line reports them), so that
 ``len(ds) + sum(ds.skipped.values())`` equals the number of records read; ``strict=True``
@@ -20,6 +22,7 @@ from .synthetic import Sample
 
 log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
+EMBEDDED = "<embedded>"  # the image lives in the dataset row, not in a file
 
 
 class BadRecord(ValueError):
@@ -28,11 +31,21 @@ class BadRecord(ValueError):
         self.reason = reason
 
 
-def read_records(path: str | os.PathLike) -> list:
-    """Records of a .json (a list) or .jsonl (one object per line) file."""
+def read_records(path: str | os.PathLike):
+    """Records of a .json (a list), .jsonl (one object per line), .parquet file or a `datasets`
+    folder; for the last two, an indexable Hugging Face dataset with undecoded images."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
+    if path.suffix == ".parquet" or path.is_dir():
+        try:
+            import datasets
+        except ImportError:
+            raise ImportError(f"{path}: reading Hugging Face dataset files needs `pip install datasets`") from None
+        ds = datasets.Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else datasets.load_from_disk(str(path))
+        if "image" in ds.column_names and isinstance(ds.features["image"], datasets.Image):
+            ds = ds.cast_column("image", datasets.Image(decode=False))  # bytes, decoded on access
+        return ds
     if path.suffix == ".jsonl":
         out = []
         for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -67,9 +80,9 @@ def check_record(rec, image_root: Path | None) -> tuple[str | None, list[dict]]:
     if not any(t["from"] == "gpt" for t in conv):
         raise BadRecord("no assistant turn", "no `gpt` turn to supervise")
     images = rec.get("image")
-    images = [] if images is None else [images] if isinstance(images, str) else images
-    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
-        raise BadRecord("missing field", "`image` must be a path or a list of paths")
+    images = [] if images is None else [images] if isinstance(images, (str, dict)) else images
+    if not isinstance(images, list) or not all(isinstance(i, (str, dict)) for i in images):
+        raise BadRecord("missing field", "`image` must be a path, a list of paths or an embedded image")
     if len(images) > 1:
         raise BadRecord("multiple images", f"{len(images)} images; minicomp trains on single-image records")
     n_tokens = sum(t["value"].count(IMAGE_TOKEN) for t in conv)
@@ -78,6 +91,15 @@ def check_record(rec, image_root: Path | None) -> tuple[str | None, list[dict]]:
         raise BadRecord("placeholder mismatch", f"{n_tokens} {IMAGE_TOKEN} placeholders ({more}) for {len(images)} images")
     if not images:
         return None, conv
+    if isinstance(images[0], dict):  # embedded (datasets): {"bytes": ..., "path": ...}
+        data = images[0].get("bytes")
+        if not data:
+            raise BadRecord("missing field", "embedded image has no bytes")
+        try:
+            check_header(data, images[0].get("path") or "<embedded image>")
+        except BadImage as e:
+            raise BadRecord(e.reason, str(e)) from None
+        return EMBEDDED, conv
     root = (image_root or Path(".")).resolve()
     path = (root / images[0]).resolve()
     if root not in path.parents:
@@ -96,7 +118,9 @@ class LlavaDataset:
         self.path, self.image_root = Path(path), Path(image_root) if image_root is not None else None
         self.skipped: Counter = Counter()
         self.items: list[tuple[str | None, list[dict], dict]] = []
-        for i, rec in enumerate(read_records(self.path)):
+        records = read_records(self.path)
+        self._rows = None if isinstance(records, list) else records  # a datasets.Dataset: images read on access
+        for i, rec in enumerate(records):
             try:
                 image, conv = check_record(rec, self.image_root)
             except BadRecord as e:
@@ -116,4 +140,9 @@ class LlavaDataset:
     def __getitem__(self, i: int) -> Sample:
         image, conv, meta = self.items[i]
         caption = "\n".join(t["value"] for t in conv if t["from"] == "gpt")  # the text to align with
-        return Sample(load_image(image) if image else None, caption, conv, dict(meta, image_path=image))
+        if image == EMBEDDED:
+            img = self._rows[meta["index"]]["image"]
+            pil = load_image(img["bytes"], img.get("path") or f"{self.path} row {meta['index']}")
+        else:
+            pil = load_image(image) if image else None
+        return Sample(pil, caption, conv, dict(meta, image_path=image))
