@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--synthetic", type=int, metavar="N", help="the first N toy-world training captions")
     prior.add_argument("--image-root", default=None, help="image folder of --data (records are validated)")
     prior.add_argument("--out", required=True, help="output .safetensors file with a `counts` tensor")
+    toy = sub.add_parser("toy", help="the toy world's models")
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True)
+    build = toy_sub.add_parser("build", help="rebuild the toy models from scratch (so far: the LLM)")
+    build.add_argument("--out", default=None, help="output folder (default: the shipped checkpoints folder)")
+    build.add_argument("--steps", type=int, default=600, help="LLM pretraining steps")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -28,7 +33,21 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(args.model, args.depth, args.pretrained, args.checkpoint, args.rope_theta)
     elif args.command == "prior":
         _prior(args)
+    elif args.command == "toy":
+        _toy_build(args)
     return 0
+
+
+def _toy_build(args) -> None:
+    from pathlib import Path
+
+    from .toy import CHECKPOINTS, build_toy_llm
+
+    out = Path(args.out) if args.out else CHECKPOINTS
+    log = build_toy_llm(out / "llm", steps=args.steps)
+    print(f"toy LLM: {log['parameters']:,} parameters, vocabulary {log['vocab_size']:,}, "
+          f"validation loss {log['val_loss_before']:.2f} -> {log['val_loss']:.3f} "
+          f"(perplexity {log['val_perplexity']:.2f}) in {log['minutes']:.1f} min -> {out / 'llm'}")
 
 
 def _prior(args) -> None:

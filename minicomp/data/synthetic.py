@@ -144,8 +144,9 @@ def _content_bucket(m: dict) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % 10
 
 
-def make_sample(seed: int, split: str, index: int, family: str | None = None) -> Sample:
-    """Sample `index` of `split`: deterministic in (seed, split, index)."""
+def make_sample(seed: int, split: str, index: int, family: str | None = None, render: bool = True) -> Sample:
+    """Sample `index` of `split`: deterministic in (seed, split, index). `render=False` skips
+    drawing the image (image None), for text-only uses such as pretraining the toy LLM."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}, expected one of {tuple(SPLITS)}")
     fam = family or FAMILIES[index % len(FAMILIES)]
@@ -163,7 +164,7 @@ def make_sample(seed: int, split: str, index: int, family: str | None = None) ->
     for q, a in qa[1:]:
         conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
     m.update(id=f"{split}-{seed}-{index}", split=split)
-    return Sample(_render(m), cap, conv, m)
+    return Sample(_render(m) if render else None, cap, conv, m)
 
 
 class SyntheticDataset:
