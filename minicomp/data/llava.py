@@ -19,9 +19,9 @@ from pathlib import Path
 
 from .images import BadImage, check_header, load_image
 from .synthetic import Sample
+from .tokenize import IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
-IMAGE_TOKEN = "<image>"
 EMBEDDED = "<embedded>"  # the image lives in the dataset row, not in a file
 
 
