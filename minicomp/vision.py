@@ -15,8 +15,10 @@ With ``rope=False``, ``"keep"`` and the pretrained input size, the patch tokens 
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -28,6 +30,7 @@ from .pos_embed import APE_MODES, legacy_ape_permutation, resample_ape
 from .rope import apply_rotary, rope_cos_sin
 
 PREFIX_MODES = ("keep", "drop")
+SETTINGS_FILE = "crope.json"
 _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 _ATTN_PARTS = ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop", "num_heads", "head_dim", "scale")
 
@@ -83,6 +86,7 @@ class CRoPEViT(nn.Module):
         self.legacy_ape_order, self.max_tokens = legacy_ape_order, max_tokens
         self.attn_backend = attn_backend
         self.grad_checkpointing = False
+        object.__setattr__(self, "timm_model", model)  # the whole timm ViT (head too), unregistered: for saving
         if prefix_tokens == "drop":
             for t in (self.cls_token, self.reg_token):
                 if t is not None:
@@ -98,6 +102,38 @@ class CRoPEViT(nn.Module):
         legacy_ape_order, max_tokens (patches per image), attn_backend (see `minicomp.attention`).
         """
         return cls(model, rope=rope, rope_theta=rope_theta, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> "CRoPEViT":
+        """Load a folder written by `save_pretrained` (or any timm `save_for_hf` folder, whose
+        C-RoPE settings then come from kwargs). kwargs override the saved settings."""
+        import timm
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json; expected a folder from CRoPEViT.save_pretrained "
+                                    f"or timm's save_for_hf")
+        settings = json.loads((path / SETTINGS_FILE).read_text()) if (path / SETTINGS_FILE).is_file() else {}
+        vit = timm.create_model(f"local-dir:{path}", pretrained=True)
+        return cls.from_timm(vit, **{**settings, **kwargs})
+
+    def settings(self) -> dict:
+        """The C-RoPE settings that define the model's function (saved beside the weights)."""
+        return {"rope": self.rope, "rope_theta": self.rope_theta, "prefix_tokens": self.prefix_tokens,
+                "ape_mode": self.ape_mode, "legacy_ape_order": self.legacy_ape_order}
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the whole timm ViT in timm's format (config.json + model.safetensors, loadable by
+        ``timm.create_model("local-dir:<path>", pretrained=True)``) plus the C-RoPE settings."""
+        from safetensors.torch import save_file
+        from timm.models._hub import save_config_for_hf
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.timm_model.state_dict().items()}
+        save_file(state, path / "model.safetensors")
+        save_config_for_hf(self.timm_model, path / "config.json")
+        (path / SETTINGS_FILE).write_text(json.dumps(self.settings(), indent=2) + "\n")
 
     @property
     def feeds_prefix(self) -> bool:

@@ -68,3 +68,16 @@ def encode_alignment_text(tokenizer, caption: str, max_length: int | None = None
     """The caption alone, without the image or a template: the LLM input for F_t (Eq. 7)."""
     ids = tokenizer(caption, add_special_tokens=False)["input_ids"]
     return ids[:max_length] if max_length else ids
+
+
+def encode_prompt(tokenizer, prompt: str, n_image_tokens: int = 0) -> list[int]:
+    """A user turn (with `<image>` in front when n_image_tokens > 0) rendered with the generation
+    prompt, placeholder expanded: the input of `CoMPModel.generate`."""
+    content = (IMAGE_TOKEN + "\n" + prompt) if n_image_tokens else prompt
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    ids = []
+    for t in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        ids += [image_id] * n_image_tokens if t == image_id else [t]
+    return ids

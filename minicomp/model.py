@@ -1,0 +1,347 @@
+"""CoMPModel: C-RoPE vision encoder -> 2×2 patch merger -> any `transformers` causal LM, trained
+with the text decoding loss plus α × the alignment loss (paper Eq. 5–11).
+
+The LLM is used as is (no subclass, no copied code): its input embeddings receive the merger's
+outputs at the `<image>` positions, its decoder (`llm.base_model`) gives the hidden states and
+its output embedding (`lm_head`) is applied only where a label is supervised.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .align import MODES, VARIANTS, alignment_loss, masked_mean, pool_packed, word_prior
+from .data.collate import Batch
+from .data.processor import Processor
+from .data.resize import resize_fixed, resize_to_budget, to_tensor
+from .data.tokenize import IGNORE, IMAGE_TOKEN, encode_prompt
+from .known_llms import llm_config
+from .merger import PatchMerger
+from .packed import Packed
+from .toy.tokenizer import CHAT_TEMPLATE
+from .vision import CRoPEViT
+
+log = logging.getLogger(__name__)
+CONFIG_FILE = "comp_config.json"
+
+
+@dataclass
+class CoMPConfig:
+    """Every setting of a CoMPModel. `vision`: a timm name, "hf-hub:…", or a local folder;
+    `llm`: a Hugging Face id or a local folder."""
+    vision: str = "vit_so400m_patch14_siglip_384"
+    llm: str = "Qwen/Qwen2.5-0.5B"
+    # vision encoder (C-RoPE, chapters 01–03)
+    rope: bool = True
+    rope_theta: float = 10000.0
+    prefix_tokens: str = "keep"
+    ape_mode: str = "bicubic"
+    legacy_ape_order: bool = False
+    attn_backend: str = "auto"
+    # merger (Eq. 5)
+    merge: int = 2
+    # alignment loss (Eq. 7–11, chapter 04)
+    align: bool = True
+    alpha: float = 0.05
+    eps: float = 0.005
+    temp: float = 0.005
+    n_iters: int = 3
+    sinkhorn_mode: str = "balanced"
+    variant: str = "sinkhorn"
+    # the LLM's id of the image placeholder; None: the tokenizer's "<image>" (added if missing)
+    image_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.sinkhorn_mode not in MODES:
+            raise ValueError(f"sinkhorn_mode={self.sinkhorn_mode!r}, expected one of {MODES}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant={self.variant!r}, expected one of {VARIANTS}")
+        if self.merge < 1:
+            raise ValueError(f"merge={self.merge} must be >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CoMPConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown CoMPConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class CoMPOutput:
+    loss: torch.Tensor  # loss_dec + α·loss_align (Eq. 11)
+    loss_dec: torch.Tensor  # Eq. 6
+    loss_align: torch.Tensor  # Eq. 10, 0 when off or when the batch has no image
+    n_supervised: int  # tokens in loss_dec
+
+
+def _load_vision(spec: str, pretrained: bool, cfg: CoMPConfig) -> CRoPEViT:
+    kw = dict(rope=cfg.rope, rope_theta=cfg.rope_theta, prefix_tokens=cfg.prefix_tokens, ape_mode=cfg.ape_mode,
+              legacy_ape_order=cfg.legacy_ape_order, attn_backend=cfg.attn_backend)
+    if Path(spec).is_dir():
+        spec = f"local-dir:{spec}"
+        pretrained = True  # a folder is its weights
+    vit = timm.create_model(spec, pretrained=pretrained, num_classes=0)
+    return CRoPEViT.from_timm(vit, **kw)
+
+
+def _prepare_tokenizer(tokenizer, llm: nn.Module):
+    """Add `<image>` (and a pad token) where missing; grow the LLM's embeddings if needed."""
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+        log.info("added %s to the tokenizer", IMAGE_TOKEN)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        log.warning("the tokenizer has no chat template: using ChatML")
+        tokenizer.chat_template = CHAT_TEMPLATE
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(len(tokenizer))
+
+
+class CoMPModel(nn.Module):
+    """Vision encoder + merger + causal LM. Build with `from_pretrained`, `from_preset` or from parts."""
+
+    def __init__(self, vision: CRoPEViT, llm: nn.Module, tokenizer=None, config: CoMPConfig | None = None,
+                 merger: PatchMerger | None = None):
+        super().__init__()
+        self.config = config or CoMPConfig()
+        if "inputs_embeds" not in inspect.signature(llm.forward).parameters:
+            raise ValueError(f"{type(llm).__name__}.forward does not accept inputs_embeds; CoMP needs a causal "
+                             f"LM that does (Qwen2, Llama, SmolLM, …)")
+        for attr in ("logit_scale", "logits_scaling"):
+            if getattr(llm.config, attr, None) not in (None, 1, 1.0):
+                raise ValueError(f"{type(llm).__name__} scales its logits ({attr}); not supported")
+        self.vision, self.llm, self.tokenizer = vision, llm, tokenizer
+        if tokenizer is not None:
+            _prepare_tokenizer(tokenizer, llm)
+            self.config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if self.config.image_token_id is None:
+            raise ValueError("no tokenizer and no config.image_token_id: the image placeholder id is unknown")
+        self.merger = merger or PatchMerger(vision.embed_dim, llm.config.hidden_size, self.config.merge)
+        if (self.merger.vision_dim, self.merger.llm_dim) != (vision.embed_dim, llm.config.hidden_size):
+            raise ValueError(f"merger maps {self.merger.vision_dim} -> {self.merger.llm_dim}, but the vision width "
+                             f"is {vision.embed_dim} and the LLM width {llm.config.hidden_size}")
+        self.register_buffer("word_prior", None)  # (K,) the prototype marginal u_W of Eq. 9; None: uniform
+        self.prototypes = None  # the "learnable" variant's own prototypes (Tab. 5b)
+        if self.config.variant == "learnable":
+            self.prototypes = nn.Parameter(llm.get_input_embeddings().weight.detach().clone())
+
+    # ---- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, *, vision: str | None = None,
+                        llm: str | None = None, pretrained: bool = True, **config) -> "CoMPModel":
+        """A saved CoMPModel folder (`path`), or a new model from parts: `vision` (timm name,
+        "hf-hub:…" or folder) and `llm` (HF id or folder). pretrained=False: random weights,
+        the LLM built from its config (known ids need no download). kwargs: CoMPConfig fields."""
+        if path is not None:
+            return cls._load(Path(path), **config)
+        cfg = CoMPConfig.from_dict({**config, **{k: v for k, v in (("vision", vision), ("llm", llm)) if v}})
+        enc = _load_vision(cfg.vision, pretrained, cfg)
+        if pretrained:
+            lm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=torch.float32)
+        else:
+            lm = AutoModelForCausalLM.from_config(llm_config(cfg.llm))
+        has_tok = pretrained or (Path(cfg.llm) / "tokenizer_config.json").is_file()
+        tok = AutoTokenizer.from_pretrained(cfg.llm) if has_tok else None
+        if tok is None and cfg.image_token_id is None:
+            cfg.image_token_id = 151655 if cfg.llm.startswith("Qwen/Qwen2.5") else None  # <|image_pad|>
+        return cls(enc, lm, tok, cfg)
+
+    @classmethod
+    def from_preset(cls, name: str, **config) -> "CoMPModel":
+        """Named models. "tiny": the toy world's vision-only VFM + toy LLM (shipped, no download)."""
+        from .toy import TOY_LLM_PATH, TOY_VFM_PATHS
+
+        presets = {"tiny": dict(vision=str(TOY_VFM_PATHS["vision"]), llm=str(TOY_LLM_PATH)),
+                   "tiny-siglip": dict(vision=str(TOY_VFM_PATHS["siglip"]), llm=str(TOY_LLM_PATH))}
+        if name not in presets:
+            raise ValueError(f"preset {name!r}, expected one of {sorted(presets)}")
+        return cls.from_pretrained(**{**presets[name], **config})
+
+    # ---- inputs -----------------------------------------------------------------------------
+    def processor(self, fixed_size: int | None = None, min_tokens: int = 4, max_tokens: int = 3000,
+                  max_length: int | None = None) -> Processor:
+        """A data.Processor that matches this model: patch, merge, mean/std, tokenizer."""
+        cfg = self.vision.pretrained_cfg
+        return Processor(self.tokenizer, patch=self.vision.patch_size, merge=self.config.merge,
+                         fixed_size=fixed_size, min_tokens=min_tokens, max_tokens=max_tokens, max_length=max_length,
+                         mean=tuple(cfg.get("mean", (0.5,) * 3)), std=tuple(cfg.get("std", (0.5,) * 3)))
+
+    def encode_images(self, images: list[torch.Tensor]) -> Packed:
+        """list of (3, H_i, W_i) -> merged visual tokens in the LLM's width, `Packed` (grids halved)."""
+        return self.merger(self.vision(images))
+
+    def embed(self, input_ids: torch.Tensor, images: list[torch.Tensor], image_index: torch.Tensor,
+              ids: list | None = None) -> tuple[torch.Tensor, Packed | None]:
+        """Input embeddings (B, L, D) with the merged visual tokens at the image positions, in order."""
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
+        is_img = input_ids == self.config.image_token_id  # (B, L)
+        have = is_img.sum(1)  # (B,)
+        want = torch.zeros_like(have)
+        merged = None
+        if len(images):
+            if (image_index.diff() < 0).any():
+                raise ValueError("image_index must be non-decreasing: images in the order of their samples")
+            merged = self.encode_images(images)
+            want.index_add_(0, image_index.to(want.device), torch.tensor(merged.lengths, device=want.device))
+        bad = (have != want).nonzero().view(-1).tolist()
+        if bad:
+            i = bad[0]
+            name = ids[i] if ids is not None else i
+            raise ValueError(f"sample {name!r}: {int(have[i])} image placeholder tokens but its image(s) give "
+                             f"{int(want[i])} visual tokens ({len(bad)} sample(s) mismatched)")
+        if merged is not None:
+            embeds = embeds.masked_scatter(is_img[..., None], merged.tokens.to(embeds.dtype))  # row-major fill
+        return embeds, merged
+
+    # ---- losses -----------------------------------------------------------------------------
+    def decoding_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Eq. 6: next-token cross-entropy over supervised positions; logits only there."""
+        target = labels[:, 1:]  # (B, L-1): position t predicts token t+1
+        sel = target != IGNORE
+        n = int(sel.sum())
+        if n == 0:
+            return hidden.sum() * 0.0, 0
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][sel]).float()  # (n, V)
+        cap = getattr(self.llm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = cap * torch.tanh(logits / cap)
+        return F.cross_entropy(logits, target[sel]), n
+
+    def text_features(self, align_ids: torch.Tensor, align_mask: torch.Tensor) -> torch.Tensor:
+        """F_t of Eq. 7: the LLM's last hidden states of the caption alone, mean-pooled, no gradient."""
+        with torch.no_grad():
+            h = self.llm.base_model(input_ids=align_ids, attention_mask=align_mask).last_hidden_state  # (n, La, D)
+            return masked_mean(h, align_mask.bool())  # (n, D)
+
+    def align_loss(self, merged: Packed, batch: Batch) -> torch.Tensor:
+        """Eq. 7–10 for the samples that have an image: F_v from the merger, F_t from the LLM."""
+        c = self.config
+        idx = batch.image_index.to(batch.align_ids.device)
+        if idx.unique().numel() != len(idx):
+            raise ValueError("the alignment loss pairs one image with one caption; a sample has several images")
+        f_v = pool_packed(merged)  # (n_img, D)
+        f_t = self.text_features(batch.align_ids[idx], batch.align_mask[idx])  # (n_img, D)
+        protos = self.prototypes if self.prototypes is not None else self.llm.get_input_embeddings().weight
+        return alignment_loss(f_v, f_t, protos, self.word_prior, c.eps, c.temp, c.n_iters, c.sinkhorn_mode, c.variant)
+
+    def forward(self, batch: Batch) -> CoMPOutput:
+        """Both losses on a `data.Batch` (images and text-only samples may be mixed)."""
+        if batch.input_ids.numel() == 0:
+            raise ValueError("empty batch: no samples or no tokens")
+        embeds, merged = self.embed(batch.input_ids, batch.images, batch.image_index, batch.ids)
+        hidden = self.llm.base_model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
+        loss_dec, n = self.decoding_loss(hidden, batch.labels)
+        if self.config.align and merged is not None:
+            loss_align = self.align_loss(merged, batch)
+        else:
+            loss_align = loss_dec.new_zeros(())
+        return CoMPOutput(loss_dec + self.config.alpha * loss_align, loss_dec, loss_align, n)
+
+    def set_word_prior(self, counts: torch.Tensor, rule: str = "frequency") -> None:
+        """Set u_W (Eq. 9) from token counts (K,) of the Stage-II captions (`minicomp prior`)."""
+        K = self.llm.get_input_embeddings().num_embeddings
+        if counts.shape[0] < K:  # tokens added after counting (e.g. <image>) were never seen
+            counts = torch.cat([counts, counts.new_zeros(K - counts.shape[0])])
+        if counts.shape != (K,):
+            raise ValueError(f"counts has shape {tuple(counts.shape)}, expected ({K},) for this LLM's vocabulary")
+        self.word_prior = word_prior(counts, rule).to(self.llm.get_input_embeddings().weight.device)
+
+    # ---- generation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, images: list, prompts: list[str], fixed_size: int | None = None, max_tokens: int = 3000,
+                 **gen_kwargs) -> list[str]:
+        """Answer each prompt about its image (PIL image or None) with transformers' generation
+        (KV cache). Greedy by default; gen_kwargs go to `llm.generate`."""
+        if self.tokenizer is None:
+            raise ValueError("generate needs a tokenizer")
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+        cfg, p, f = self.vision.pretrained_cfg, self.vision.patch_size, self.vision.patch_size * self.config.merge
+        device = next(self.parameters()).device
+        pixels, rows = [], []
+        for img, prompt in zip(images, prompts):
+            n = 0
+            if img is not None:
+                img = resize_fixed(img, fixed_size) if fixed_size else resize_to_budget(img, p, self.config.merge,
+                                                                                         4, max_tokens)
+                pixels.append(to_tensor(img, cfg["mean"], cfg["std"]).to(device))
+                n = (img.height // f) * (img.width // f)
+            rows.append(encode_prompt(self.tokenizer, prompt, n))
+        L = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (L - len(r)) + r for r in rows], device=device)  # (B, L), left-padded
+        mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows], device=device)
+        index = torch.tensor([i for i, img in enumerate(images) if img is not None], device=device, dtype=torch.long)
+        embeds, _ = self.embed(ids, pixels, index)
+        stop = [t for t in {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
+                if isinstance(t, int) and t >= 0 and t != self.tokenizer.unk_token_id]
+        kw = dict(max_new_tokens=32, do_sample=False, eos_token_id=stop, pad_token_id=pad)
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **{**kw, **gen_kwargs})  # new tokens only
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    # ---- saving -----------------------------------------------------------------------------
+    def export_vision(self, path: str | os.PathLike) -> None:
+        """The CoMP-trained VFM alone: a timm folder plus C-RoPE settings (`CRoPEViT.from_pretrained`;
+        with rope=False also a plain timm model: ``timm.create_model("local-dir:<path>", pretrained=True)``)."""
+        self.vision.save_pretrained(path)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """vision/ (timm + crope.json), merger.safetensors, llm/ (HF model + tokenizer), comp_config.json;
+        written to a temporary folder first and renamed, so a crash never leaves half a model."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self.vision.save_pretrained(tmp / "vision")
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.merger.state_dict().items()},
+                      tmp / "merger.safetensors")
+            extra = {k: v.detach().cpu().contiguous() for k, v in (("word_prior", self.word_prior),
+                                                                    ("prototypes", self.prototypes)) if v is not None}
+            if extra:
+                save_file(extra, tmp / "extra.safetensors")
+            self.llm.save_pretrained(tmp / "llm")
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp / "llm")
+            (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            old = path.with_name(path.name + ".old")
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def _load(cls, path: Path, **overrides) -> "CoMPModel":
+        if not (path / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a folder written by CoMPModel.save_pretrained")
+        cfg = CoMPConfig.from_dict({**json.loads((path / CONFIG_FILE).read_text()), **overrides})
+        enc = CRoPEViT.from_pretrained(path / "vision", attn_backend=cfg.attn_backend)
+        lm = AutoModelForCausalLM.from_pretrained(path / "llm", dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path / "llm") if (path / "llm" / "tokenizer_config.json").is_file() else None
+        merger = PatchMerger(enc.embed_dim, lm.config.hidden_size, cfg.merge)
+        merger.load_state_dict(load_file(path / "merger.safetensors"))
+        model = cls(enc, lm, tok, cfg, merger)
+        if (path / "extra.safetensors").is_file():
+            extra = load_file(path / "extra.safetensors")
+            if "word_prior" in extra:
+                model.word_prior = extra["word_prior"]
+            if "prototypes" in extra and model.prototypes is not None:
+                model.prototypes.data.copy_(extra["prototypes"])
+        return model
