@@ -23,9 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     prior.add_argument("--out", required=True, help="output .safetensors file with a `counts` tensor")
     toy = sub.add_parser("toy", help="the toy world's models")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
-    build = toy_sub.add_parser("build", help="rebuild the toy models from scratch (so far: the LLM)")
+    build = toy_sub.add_parser("build", help="rebuild the toy LLM and both toy VFMs from scratch (~10 min on 2 cores)")
     build.add_argument("--out", default=None, help="output folder (default: the shipped checkpoints folder)")
+    build.add_argument("--only", choices=("llm", "vision", "siglip"), nargs="+", default=None,
+                       help="rebuild only these (siglip needs the LLM's tokenizer in --out or the shipped one)")
     build.add_argument("--steps", type=int, default=600, help="LLM pretraining steps")
+    build.add_argument("--vfm-steps", type=int, default=800, help="pretraining steps of each toy VFM")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -41,13 +44,29 @@ def main(argv: list[str] | None = None) -> int:
 def _toy_build(args) -> None:
     from pathlib import Path
 
-    from .toy import CHECKPOINTS, build_toy_llm
+    import time
 
+    from .toy import CHECKPOINTS, TOY_LLM_PATH, build_toy_llm, build_toy_vfm
+
+    t0 = time.time()
     out = Path(args.out) if args.out else CHECKPOINTS
-    log = build_toy_llm(out / "llm", steps=args.steps)
-    print(f"toy LLM: {log['parameters']:,} parameters, vocabulary {log['vocab_size']:,}, "
-          f"validation loss {log['val_loss_before']:.2f} -> {log['val_loss']:.3f} "
-          f"(perplexity {log['val_perplexity']:.2f}) in {log['minutes']:.1f} min -> {out / 'llm'}")
+    todo = args.only or ["llm", "vision", "siglip"]
+    if "llm" in todo:
+        log = build_toy_llm(out / "llm", steps=args.steps)
+        print(f"toy LLM: {log['parameters']:,} parameters, vocabulary {log['vocab_size']:,}, "
+              f"validation loss {log['val_loss_before']:.2f} -> {log['val_loss']:.3f} "
+              f"(perplexity {log['val_perplexity']:.2f}) in {log['minutes']:.1f} min -> {out / 'llm'}")
+    tokenizer = out / "llm" if (out / "llm" / "tokenizer.json").exists() else TOY_LLM_PATH
+    for kind in ("vision", "siglip"):
+        if kind in todo:
+            log = build_toy_vfm(kind, out / kind, tokenizer=tokenizer, steps=args.vfm_steps)
+            acc, rnd = log["probe_accuracy"], log["probe_accuracy_random_init"]
+            extra = (f", zero-shot retrieval top-1 of 100: {log['retrieval_top1_of_100']:.2f}"
+                     if "retrieval_top1_of_100" in log else "")
+            print(f"toy VFM ({kind}): {log['parameters']:,} parameters at {log['resolution']}px; linear probes "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in acc.items())
+                  + f" (random weights: mean {rnd['mean']:.2f}){extra} in {log['minutes']:.1f} min -> {out / kind}")
+    print(f"total {(time.time() - t0) / 60:.1f} min")
 
 
 def _prior(args) -> None:

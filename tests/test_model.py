@@ -234,5 +234,5 @@ def test_full_scale_architectures_forward_backward_on_cpu():
                    torch.ones(2, 8, dtype=torch.long), ["a", "b"])
     out = model(b)
     out.loss.backward()
-    assert torch.isfinite(out.loss) and out.n_supervised == 2 * 14
+    assert torch.isfinite(out.loss) and out.n_supervised == 2 * 15  # labels 15..29 of each row
     assert model.vision.blocks[0].attn.qkv.weight.grad is not None
