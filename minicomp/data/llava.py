@@ -28,7 +28,7 @@ EMBEDDED = "<embedded>"  # the image lives in the dataset row, not in a file
 class BadRecord(ValueError):
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+        self.reason, self.detail = reason, detail
 
 
 def read_records(path: str | os.PathLike):
@@ -98,7 +98,7 @@ def check_record(rec, image_root: Path | None) -> tuple[str | None, list[dict]]:
         try:
             check_header(data, images[0].get("path") or "<embedded image>")
         except BadImage as e:
-            raise BadRecord(e.reason, str(e)) from None
+            raise BadRecord(e.reason, e.detail) from None
         return EMBEDDED, conv
     root = (image_root or Path(".")).resolve()
     path = (root / images[0]).resolve()
@@ -107,7 +107,7 @@ def check_record(rec, image_root: Path | None) -> tuple[str | None, list[dict]]:
     try:
         check_header(str(path))
     except BadImage as e:
-        raise BadRecord(e.reason, str(e)) from None
+        raise BadRecord(e.reason, e.detail) from None
     return str(path), conv
 
 
@@ -126,7 +126,7 @@ class LlavaDataset:
             except BadRecord as e:
                 rid = rec.get("id", i) if isinstance(rec, dict) else i
                 if strict:
-                    raise BadRecord(e.reason, f"{self.path} record {i} (id {rid!r}): {e}") from None
+                    raise BadRecord(e.reason, f"{self.path} record {i} (id {rid!r}): {e.detail}") from None
                 self.skipped[e.reason] += 1
                 continue
             self.items.append((image, conv, {"id": rec.get("id", str(i)), "index": i, "source": str(self.path)}))
