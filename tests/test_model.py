@@ -236,3 +236,45 @@ def test_full_scale_architectures_forward_backward_on_cpu():
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.n_supervised == 2 * 15  # labels 15..29 of each row
     assert model.vision.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_tokenizer_without_image_token_pad_or_template_is_completed():
+    """A tokenizer that lacks <image>, a pad token and a chat template (like many base LLMs):
+    <image> is added, the embeddings grow to fit, pad falls back to eos, ChatML is used."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    texts = [data.make_sample(0, "train", i, render=False).caption for i in range(60)]
+    raw.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"], show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>")
+    assert "<image>" not in tok.get_vocab() and tok.pad_token is None and tok.chat_template is None
+    lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1))
+    vit = timm.create_model("vit_small_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                            num_classes=0)
+    model = mc.CoMPModel(mc.CRoPEViT.from_timm(vit), lm, tok)
+    assert tok.convert_ids_to_tokens(model.config.image_token_id) == "<image>"
+    assert lm.get_input_embeddings().num_embeddings == len(tok) == 301 and tok.pad_token == "<eos>"
+    out = model(_batch(model, n=2))
+    assert torch.isfinite(out.loss) and out.n_supervised > 0
+
+
+def test_learnable_prototypes_variant_trains_its_own_prototypes():
+    model = mc.CoMPModel.from_preset("tiny", variant="learnable")
+    b = _batch(model, text_only=False)
+    model(b).loss_align.backward()
+    assert model.prototypes.grad is not None and model.prototypes.grad.abs().sum() > 0
+    assert model.llm.get_input_embeddings().weight.grad is None
+
+
+def test_full_scale_llm_from_a_local_config_json_without_weights(tmp_path):
+    from transformers import Qwen2Config
+    Qwen2Config(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2).save_pretrained(tmp_path)  # config.json only, no weights, no tokenizer
+    model = mc.CoMPModel.from_pretrained(vision="vit_small_patch16_224", llm=str(tmp_path), pretrained=False,
+                                         image_token_id=7)
+    assert model.llm.config.hidden_size == 64 and model.tokenizer is None and model.merger.vision_dim == 384
+    with pytest.raises(ValueError, match="image placeholder id is unknown"):
+        mc.CoMPModel.from_pretrained(vision="vit_small_patch16_224", llm=str(tmp_path), pretrained=False)
