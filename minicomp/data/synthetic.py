@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 FAMILIES = ("document", "chart", "scene")
+TASKS = ("qa", "caption")
+CAPTION_PROMPT = "Describe the image."
 SPLITS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}  # content-hash buckets of 10
 WORDS = ("alpha", "beta", "delta", "gamma", "omega", "sigma", "kappa", "lambda", "theta", "zeta",
          "north", "south", "east", "west", "red", "green", "blue", "gold", "iron", "stone")
@@ -171,12 +173,18 @@ class SyntheticDataset:
     """An indexable dataset of `size` samples of one split; the same seed gives the same samples.
 
     Families cycle document, chart, scene (or fix one with `family`). Images are made on access.
+    `task="qa"`: the conversation is the sample's questions and answers (Stage III, evaluation);
+    `task="caption"`: one turn, "Describe the image." answered by the caption (Stages I–II, like
+    LLaVA-Pretrain).
     """
 
-    def __init__(self, split: str = "train", size: int = 1000, seed: int = 0, family: str | None = None):
+    def __init__(self, split: str = "train", size: int = 1000, seed: int = 0, family: str | None = None,
+                 task: str = "qa"):
         if split not in SPLITS:
             raise ValueError(f"split={split!r}, expected one of {tuple(SPLITS)}")
-        self.split, self.size, self.seed, self.family = split, size, seed, family
+        if task not in TASKS:
+            raise ValueError(f"task={task!r}, expected one of {TASKS}")
+        self.split, self.size, self.seed, self.family, self.task = split, size, seed, family, task
 
     def __len__(self) -> int:
         return self.size
@@ -184,4 +192,7 @@ class SyntheticDataset:
     def __getitem__(self, i: int) -> Sample:
         if not -self.size <= i < self.size:
             raise IndexError(f"index {i} out of range for a dataset of {self.size}")
-        return make_sample(self.seed, self.split, i % self.size, self.family)
+        s = make_sample(self.seed, self.split, i % self.size, self.family)
+        if self.task == "caption":
+            s.conversations = [{"from": "human", "value": "<image>\n" + CAPTION_PROMPT}, {"from": "gpt", "value": s.caption}]
+        return s

@@ -1,7 +1,8 @@
 """Conversations to token ids through the tokenizer's own chat template (paper Eq. 6 inputs).
 
 - each `<image>` placeholder becomes that image's merged-token count of image-token ids;
-- only the assistant's answers (and their end-of-turn token) are supervised: other labels -100;
+- only the assistant's answers (with their end-of-turn token and the newline the template puts
+  after it) are supervised: other labels -100;
 - truncation never cuts through the image tokens (such a sample raises `TooLong`);
 - the caption, encoded alone without the image, is the alignment text (Eq. 7).
 Works with any template that renders conversation prefixes as prefixes of the whole (ChatML,

@@ -1,0 +1,363 @@
+"""The main job: CoMP's three-stage recipe in one `accelerate` loop, on a CPU or on many GPUs.
+
+    minicomp train --preset tiny                                   # the toy world, a few CPU minutes
+    accelerate launch -m minicomp.train --preset paper-1b-siglip --data /data/llava   # the paper
+
+Each stage starts from the previous stage's weights. Data order is a fixed function of the seed
+and the step, so `--resume` continues mid-stage exactly where the run stopped. Checkpoints are
+written to a temporary folder and renamed, so a kill during a save never leaves a checkpoint
+that looks valid but is torn.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from safetensors.torch import load_model, save_model
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .config import PRESETS, TrainConfig, load_config
+from .data.collate import collate
+from .data.llava import LlavaDataset
+from .data.prior import count_tokens
+from .data.synthetic import SyntheticDataset
+from .evaluate import exact_match
+from .model import CoMPModel
+from .stages import Stage, apply_stage
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+def resolve_data(cfg: TrainConfig, data_root: str | Path | None) -> dict[str, dict]:
+    """Absolute paths for every file dataset; missing files are an error before anything loads."""
+    out = {}
+    for key, spec in cfg.data.items():
+        spec = dict(spec)
+        if "path" in spec:
+            for k in ("path", "image_root"):
+                if spec.get(k) and not Path(spec[k]).is_absolute():
+                    if data_root is None:
+                        raise ValueError(f"data.{key}.{k} = {spec[k]!r} is relative: pass --data DIR (the folder it is in)")
+                    spec[k] = str(Path(data_root) / spec[k])
+            if not Path(spec["path"]).is_file():
+                raise FileNotFoundError(f"data.{key}: {spec['path']} does not exist (stage data must be in place "
+                                        f"before training starts)")
+        out[key] = spec
+    return out
+
+
+def build_dataset(spec: dict, seed: int):
+    if "synthetic" in spec:
+        return SyntheticDataset(spec.get("split", "train"), int(spec["synthetic"]), seed=spec.get("seed", seed),
+                                task=spec.get("task", "qa"))
+    return LlavaDataset(spec["path"], image_root=spec.get("image_root"))
+
+
+def sample_order(n: int, total: int, seed: int) -> list[int]:
+    """`total` sample indices: successive seeded permutations of range(n) (epochs)."""
+    g = torch.Generator().manual_seed(seed)
+    out: list[int] = []
+    while len(out) < total:
+        out += torch.randperm(n, generator=g).tolist()
+    return out[:total]
+
+
+class StepBatches(Dataset):
+    """Item k: this process's k-th micro-batch of the stage, a pure function of k. Global step s
+    takes samples order[s·G : (s+1)·G], split over accumulation steps and processes."""
+
+    def __init__(self, ds, proc, order, global_batch, micro, rank, world, pad_id):
+        self.ds, self.proc, self.order, self.G, self.m = ds, proc, order, global_batch, micro
+        self.rank, self.world, self.pad_id = rank, world, pad_id
+        self.accum = global_batch // (micro * world)
+
+    def __len__(self) -> int:
+        return len(self.order) // self.G * self.accum
+
+    def __getitem__(self, k: int):
+        step, a = divmod(k, self.accum)
+        start = step * self.G + (a * self.world + self.rank) * self.m
+        return collate([self.proc(self.ds[i]) for i in self.order[start:start + self.m]], self.pad_id)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a folder counts only once renamed, with its meta.json)."""
+    root = out / "checkpoints"
+    done = [p for p in root.glob("step-*") if (p / "meta.json").is_file()] if root.is_dir() else []
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator, model, out: Path, meta: dict, keep: int) -> Path:
+    name = f"step-{meta['global_step']:07d}"
+    final, tmp = out / "checkpoints" / name, out / "checkpoints" / f".tmp-{name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "state"))  # optimiser, scheduler, RNG states (every rank)
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))  # shared (tied) tensors once
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks it complete
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in checkpoints(out)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ---- the loop -------------------------------------------------------------------------------
+
+def _log_line(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def word_prior_counts(cfg: TrainConfig, data: dict, model, say) -> torch.Tensor | None:
+    if cfg.word_prior is None:
+        return None
+    if cfg.word_prior != "auto":
+        from .data.prior import load_counts
+        return load_counts(cfg.word_prior)
+    stage2 = [s for s in cfg.stages if s.name.startswith("II")] or cfg.stages
+    ds = build_dataset(data[stage2[0].data], cfg.seed)
+    n = min(cfg.prior_samples, len(ds))
+    say(f"word prior: counting the tokens of {n:,} captions of data '{stage2[0].data}'")
+    texts = ("\n".join(t["value"] for t in ds[i].conversations if t["from"] == "gpt") for i in range(n))
+    return count_tokens(texts, model.tokenizer, total=n)
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: str | Path | None = None,
+          stop_after: int | None = None) -> dict:
+    """Run every stage of `cfg`; write metrics, checkpoints, per-stage models, the final model and
+    a report under `out`. `stop_after` (tests): return after that many optimiser steps in all."""
+    out = Path(out)
+    data = resolve_data(cfg, data_root)  # errors before any model loads
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)  # text-only batches leave vision unused
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no", kwargs_handlers=[ddp],
+                              log_with=_trackers(), project_dir=str(out))
+    main = accelerator.is_main_process
+    say = tqdm.write if main else (lambda *a, **k: None)
+    found = checkpoints(out)
+    if not resume and found:
+        raise FileExistsError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    set_seed(cfg.seed)
+    model = CoMPModel.from_pretrained(pretrained=cfg.pretrained, **cfg.model)
+    counts = word_prior_counts(cfg, data, model, say)  # before loading a checkpoint: it holds the prior too
+    if counts is not None:
+        model.set_word_prior(counts)
+    meta = {"stage_index": 0, "step": 0, "global_step": 0, "evals": {}, "stage_minutes": {}}
+    if resume and found:
+        meta = json.loads((found[-1] / "meta.json").read_text())
+        load_model(model, str(found[-1] / "model.safetensors"))
+        if main and (out / "metrics.jsonl").is_file():  # drop records of steps after the checkpoint: they are redone
+            keep = [line for line in (out / "metrics.jsonl").read_text().splitlines()
+                    if line.strip() and json.loads(line)["global_step"] <= meta["global_step"]]
+            (out / "metrics.jsonl").write_text("".join(line + "\n" for line in keep))
+        say(f"resuming from {found[-1]}: stage {cfg.stages[meta['stage_index']].name if meta['stage_index'] < len(cfg.stages) else 'done'}, step {meta['step']}")
+    if main and _trackers():
+        accelerator.init_trackers(cfg.name, config={"preset": cfg.name, "global_batch": cfg.global_batch,
+                                                    "micro_batch": cfg.micro_batch, "seed": cfg.seed})
+    metrics_file, steps_done = out / "metrics.jsonl", 0
+    for si, stage in enumerate(cfg.stages):
+        if si < meta["stage_index"]:
+            continue
+        start = meta["step"] if si == meta["stage_index"] else 0
+        G = stage.batch or cfg.global_batch
+        if G % (cfg.micro_batch * accelerator.num_processes):
+            raise ValueError(f"stage {stage.name}: global batch {G} is not a multiple of micro_batch × processes "
+                             f"= {cfg.micro_batch} × {accelerator.num_processes}")
+        ds = build_dataset(data[stage.data], cfg.seed)
+        steps = stage.steps or len(ds) // G
+        groups = apply_stage(model, stage, log_fn=say)
+        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * steps), steps)
+        accelerator.free_memory()
+        wrapped, opt, sched = accelerator.prepare(model, opt, sched)
+        if start:
+            accelerator.load_state(str(found[-1] / "state"))  # the optimiser and schedule mid-stage
+        proc = model.processor(fixed_size=stage.fixed_size if stage.resolution == "fixed" else None,
+                               min_tokens=stage.min_tokens, max_tokens=stage.max_tokens, max_length=stage.max_length)
+        batches = StepBatches(ds, proc, sample_order(len(ds), steps * G, cfg.seed + 1000 * si), G, cfg.micro_batch,
+                              accelerator.process_index, accelerator.num_processes, model.tokenizer.pad_token_id)
+        loader = DataLoader(batches, batch_size=None, num_workers=cfg.num_workers,
+                            sampler=range(start * batches.accum, len(batches)))
+        it, t_stage = iter(loader), time.time()
+        params = [p for g in groups for p in g["params"]]
+        bar = tqdm(range(start, steps), desc=f"stage {stage.name}", unit="step", disable=not main)
+        for step in bar:
+            t0, sums, tokens, vis, n_img = time.time(), torch.zeros(3), 0, 0, 0
+            for a in range(batches.accum):
+                batch = next(it).to(accelerator.device)
+                sync = contextlib.nullcontext() if a == batches.accum - 1 else accelerator.no_sync(wrapped)
+                with sync, accelerator.autocast():
+                    o = wrapped(batch)
+                    accelerator.backward(o.loss / batches.accum)
+                sums += torch.stack([o.loss.detach(), o.loss_dec.detach(), o.loss_align.detach()]).float().cpu()
+                tokens += int(batch.attention_mask.sum())
+                vis += int((batch.input_ids == model.config.image_token_id).sum())
+                n_img += len(batch.images)
+            loss, loss_dec, loss_align = (accelerator.reduce(sums.to(accelerator.device), "mean") / batches.accum).tolist()
+            if not all(map(math.isfinite, (loss, loss_dec, loss_align))):
+                last = checkpoints(out)[-1] if checkpoints(out) else None
+                raise FloatingPointError(f"stage {stage.name} step {step}: loss {loss}, loss_dec {loss_dec}, loss_align "
+                                         f"{loss_align}; stopped before the update. Last good checkpoint: {last} "
+                                         f"(--resume continues from it)")
+            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            meta["step"], meta["global_step"], steps_done = step + 1, meta["global_step"] + 1, steps_done + 1
+            rec = {"stage": stage.name, "step": step + 1, "global_step": meta["global_step"], "loss": loss,
+                   "loss_dec": loss_dec, "loss_align": loss_align,
+                   **{f"lr_{g['name']}": g["lr"] for g in opt.param_groups},
+                   "tokens_per_s": tokens * accelerator.num_processes / (time.time() - t0),
+                   "visual_tokens_per_image": vis / max(1, n_img)}
+            if main and (step + 1) % cfg.log_every == 0:
+                _log_line(metrics_file, rec)
+                accelerator.log({k: v for k, v in rec.items() if k != "stage"}, step=meta["global_step"])
+                bar.set_postfix(loss_dec=f"{loss_dec:.3f}", loss_align=f"{loss_align:.2f}")
+            end = step + 1 == steps
+            if end or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+                if end:
+                    meta["stage_minutes"][stage.name] = meta["stage_minutes"].get(stage.name, 0) + (time.time() - t_stage) / 60
+                    meta["stage_index"], meta["step"] = si + 1, 0
+                    if cfg.eval_samples and main:
+                        meta["evals"][stage.name] = _evaluate(model, stage, cfg)
+                        say(f"stage {stage.name}: exact match {meta['evals'][stage.name]['accuracy']:.3f} on "
+                            f"{cfg.eval_samples} held-out questions ({_mode(stage)})")
+                    meta = _broadcast(accelerator, meta)
+                    meta["rank_checksums"] = _rank_checksums(accelerator, model)
+                save_checkpoint(accelerator, wrapped, out, meta, cfg.keep_checkpoints)
+                if end and main:
+                    model.save_pretrained(out / "stages" / stage.name)
+            if stop_after is not None and steps_done >= stop_after:
+                accelerator.end_training()
+                return meta
+        bar.close()
+    if main:
+        model.save_pretrained(out / "model")
+        write_report(out, cfg, meta)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return meta
+
+
+def _mode(stage: Stage) -> str:
+    return f"fixed {stage.fixed_size}px" if stage.resolution == "fixed" else f"native ≤{stage.max_tokens} tokens"
+
+
+def _evaluate(model, stage: Stage, cfg: TrainConfig) -> dict:
+    fixed = stage.fixed_size if stage.resolution == "fixed" else None
+    return exact_match(model, cfg.eval_samples, fixed_size=fixed, max_tokens=stage.max_tokens,
+                       max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed)
+
+
+def _rank_checksums(accelerator, model) -> list[str]:
+    """A hash of every parameter's bytes, from each process: DDP ranks must agree exactly."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    if accelerator.num_processes == 1:
+        return [h.hexdigest()]
+    from accelerate.utils import gather_object
+    sums = gather_object([h.hexdigest()])
+    if len(set(sums)) != 1:
+        raise RuntimeError(f"the processes' weights differ after a stage: {sums}")
+    return sums
+
+
+def _broadcast(accelerator, obj):
+    if accelerator.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+    return broadcast_object_list([obj])[0]
+
+
+def _trackers():
+    try:
+        import tensorboard  # noqa: F401
+        return "tensorboard"
+    except ImportError:
+        return None
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+def write_report(out: Path, cfg: TrainConfig, meta: dict) -> str:
+    """report.md (a table per stage) and losses.png from metrics.jsonl; returns the table."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, key in zip(axes, ("loss_dec", "loss_align")):
+        for stage in cfg.stages:
+            r = [x for x in rows if x["stage"] == stage.name]
+            if r:
+                ax.plot([x["global_step"] for x in r], [x[key] for x in r], label=stage.name)
+        ax.set(xlabel="optimiser step", title=key)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "losses.png", dpi=110)
+    plt.close(fig)
+    lines = ["| stage | trains | resolution | RoPE | align | steps | minutes | loss_dec first → last | "
+             "loss_align last | exact match |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in cfg.stages:
+        r = [x for x in rows if x["stage"] == s.name]
+        ev = meta["evals"].get(s.name)
+        lines.append(f"| {s.name} | {', '.join(s.trainable)} | {_mode(s)} | {'on' if s.rope else 'off'} | "
+                     f"{'on' if s.align else 'off'} | {len(r)} | {meta['stage_minutes'].get(s.name, 0):.1f} | "
+                     + (f"{r[0]['loss_dec']:.3f} → {r[-1]['loss_dec']:.3f} | {r[-1]['loss_align']:.3f} | " if r else "– | – | ")
+                     + (f"{ev['accuracy']:.3f}" if ev else "–") + " |")
+    table = "\n".join(lines)
+    (out / "report.md").write_text(f"# minicomp run: {cfg.name}\n\n{table}\n\n![losses](losses.png)\n\n"
+                                   f"Final model: `model/` (load with `minicomp.CoMPModel.from_pretrained`). "
+                                   f"Per-stage models: `stages/`. Metrics: `metrics.jsonl`.\n")
+    return table
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="minicomp train", description="Run CoMP's three-stage recipe.")
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    ap.add_argument("--config", action="append", default=[], help="a YAML file of overrides (repeatable)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one field, e.g. stages.III.lr.llm=1e-5 (repeatable)")
+    ap.add_argument("--data", default=None, help="the folder that the preset's relative data paths are in")
+    ap.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
+    ap.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.preset, args.config, args.set)
+    out = Path(args.out or f"runs/{cfg.name}")
+    t0 = time.time()
+    meta = train(cfg, out, resume=args.resume, data_root=args.data)
+    if (out / "report.md").is_file():
+        print((out / "report.md").read_text().split("![losses]")[0].strip())
+    print(f"done in {(time.time() - t0) / 60:.1f} min; stages: "
+          + ", ".join(f"{k} {v:.1f} min" for k, v in meta["stage_minutes"].items()) + f" -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

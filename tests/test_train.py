@@ -1,0 +1,243 @@
+"""The three-stage recipe and the training loop: freezing, configs, a smoke run end to end,
+kill-and-resume, torn checkpoints, the NaN guard and 2-process DDP on CPU."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import minicomp as mc
+import minicomp.train as mtrain
+from minicomp.config import PRESETS, TrainConfig, load_config
+from minicomp.stages import Stage, apply_stage, check_order
+
+PART_NAMES = {"vision": "vision.", "merger": "merger.", "llm": "llm."}
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return mc.CoMPModel.from_preset("tiny")
+
+
+def test_every_stage_freezes_and_groups_exactly(tiny_model):
+    model = tiny_model
+    cfg = load_config("tiny")
+    for stage in cfg.stages:
+        groups = apply_stage(model, stage, log_fn=lambda *_: None)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        for part, prefix in PART_NAMES.items():
+            names = {n for n, _ in model.named_parameters() if n.startswith(prefix)}
+            if part == "vision" and not model.vision.feeds_prefix:
+                names -= {"vision.cls_token", "vision.reg_token"}
+            expected = names if stage.lr.get(part, 0) > 0 else set()
+            assert trainable & names == expected, (stage.name, part)
+        assert {g["name"]: g["lr"] for g in groups} == {k: v for k, v in stage.lr.items() if v > 0}
+        grouped = {id(p) for g in groups for p in g["params"]}
+        assert grouped == {id(p) for p in model.parameters() if p.requires_grad}  # no trainable part left out
+        assert model.vision.rope == stage.rope and model.config.align == stage.align
+    # the authors' Stage III bug: the merger must stay in an optimiser group
+    iii = [g["name"] for g in apply_stage(model, cfg.stage("III"), log_fn=lambda *_: None)]
+    assert "merger" in iii
+
+
+def test_freezing_is_logged_one_line_per_part(tiny_model):
+    lines = []
+    apply_stage(tiny_model, load_config("tiny").stage("I"), log_fn=lines.append)
+    assert len(lines) == 3 and "merger TRAINABLE" in lines[1] and "vision FROZEN" in lines[0]
+    assert f"{sum(p.numel() for p in tiny_model.merger.parameters()):,}" in lines[1]
+
+
+def test_presets_build_and_paper_presets_follow_table_11():
+    for name in PRESETS:
+        cfg = load_config(name)
+        assert [s.name for s in cfg.stages] == ["I", "II-fixed", "II-native", "III"]
+    p = load_config("paper-1b-siglip")
+    assert p.global_batch == 256 and p.stage("III").batch == 128
+    assert p.stage("I").lr == {"merger": 1e-3} and not p.stage("I").rope and p.stage("I").align
+    assert p.stage("II-native").lr == {"vision": 1e-4, "merger": 5e-3, "llm": 2e-5}
+    assert p.stage("II-native").max_tokens == 3000 and p.stage("II-native").max_length == 8000
+    assert not p.stage("III").align and p.stage("III").max_length == 4096
+    assert p.model == {"vision": "vit_so400m_patch14_siglip_384", "llm": "Qwen/Qwen2.5-0.5B"}
+    assert load_config("paper-7b-siglip").model["llm"] == "Qwen/Qwen2.5-7B"
+
+
+def test_overrides_from_yaml_and_command_line(tmp_path):
+    f = tmp_path / "o.yaml"
+    f.write_text("global_batch: 32\nstages:\n  III:\n    lr: {llm: 2e-5}\n    max_tokens: 128\nmodel:\n  alpha: 0.1\n")
+    cfg = load_config("tiny", [f], ["stages.I.steps=7", "seed=3"])
+    assert cfg.global_batch == 32 and cfg.stage("III").lr["llm"] == 2e-5 and cfg.stage("III").max_tokens == 128
+    assert cfg.stage("I").steps == 7 and cfg.seed == 3 and cfg.model["alpha"] == 0.1
+
+
+@pytest.mark.parametrize("sets, match", [
+    (["nope=1"], "unknown config key 'nope'"),
+    (["stages.I.steps=1.5"], "stages.I.steps: expected int"),
+    (["stages.I.rope=3"], "stages.I.rope: expected bool"),
+    (["stages.III.lr.llm=fast"], "stages.III.lr.llm: expected float"),
+    (["stages.IV.steps=1"], r"unknown stage\(s\) \['IV'\]"),
+    (["stages.III.lr.brain=1e-3"], "unknown part"),
+    (["model.alpah=0.1"], "unknown CoMPConfig field"),
+    (["stages.III.data=elsewhere"], "data 'elsewhere' is not in"),
+])
+def test_bad_config_errors_name_the_key(sets, match):
+    with pytest.raises(ValueError, match=match):
+        load_config("tiny", sets=sets)
+
+
+def test_stage_order_and_missing_data_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="out of order"):
+        check_order([Stage("III", {"llm": 1e-5}), Stage("I", {"merger": 1e-3})])
+    d = load_config("tiny").to_dict()
+    d["stages"] = d["stages"][::-1]
+    with pytest.raises(ValueError, match="out of order"):
+        TrainConfig(**d)
+    cfg = load_config("paper-1b-siglip", sets=["pretrained=false"])
+    with pytest.raises(FileNotFoundError, match="blip_laion_cc_sbu_558k.json does not exist"):
+        mtrain.train(cfg, tmp_path / "run", data_root=tmp_path)  # before any model is built or downloaded
+    with pytest.raises(ValueError, match="pass --data DIR"):
+        mtrain.train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def _metrics(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["global_step"]: r for r in rows}  # the last record of each step
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    cfg = load_config("smoke", sets=["save_every=2"])
+    meta = mtrain.train(cfg, out)
+    return out, cfg, meta
+
+
+def test_smoke_run_end_to_end(smoke_run):
+    out, cfg, meta = smoke_run
+    rows = _metrics(out)
+    assert len(rows) == sum(s.steps for s in cfg.stages) == meta["global_step"]
+    for r in rows.values():
+        assert {"stage", "step", "loss", "loss_dec", "loss_align", "tokens_per_s", "visual_tokens_per_image"} <= set(r)
+        assert all(torch.isfinite(torch.tensor(r[k])) for k in ("loss", "loss_dec", "loss_align"))
+    caption = [r for r in rows.values() if r["stage"] != "III"]  # stages I–II share the captioning task
+    assert caption[-1]["loss_dec"] < caption[0]["loss_dec"]
+    assert all(r["loss_align"] == 0 for r in rows.values() if r["stage"] == "III")
+    assert set(meta["evals"]) == {"I", "II-fixed", "II-native", "III"}
+    assert (out / "report.md").is_file() and (out / "losses.png").is_file()
+    assert len(mtrain.checkpoints(out)) == cfg.keep_checkpoints  # bounded
+    assert sorted(p.name for p in (out / "stages").iterdir()) == sorted(meta["evals"])
+    assert list((out / "runs").rglob("events.out.tfevents*")) or list(out.rglob("events.out.tfevents*"))
+
+
+def test_smoke_final_model_reloads_to_identical_outputs(smoke_run):
+    out, _, _ = smoke_run
+    a, b = mc.CoMPModel.from_pretrained(out / "model").eval(), mc.CoMPModel.from_pretrained(out / "stages" / "III").eval()
+    ckpt = load_file(str(mtrain.checkpoints(out)[-1] / "model.safetensors"))
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+        if k in ckpt:
+            assert torch.equal(v, ckpt[k]), k
+    proc = a.processor(max_tokens=16)
+    from minicomp import data
+    batch = data.collate([proc(data.SyntheticDataset("val", 3)[i]) for i in range(3)], a.tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert torch.equal(a(batch).loss, b(batch).loss)
+
+
+def test_existing_run_needs_resume(smoke_run):
+    out, cfg, _ = smoke_run
+    with pytest.raises(FileExistsError, match="--resume"):
+        mtrain.train(cfg, out)
+
+
+def _cli(out, *extra):
+    return [sys.executable, "-m", "minicomp.train", "--preset", "smoke", "--out", str(out), "--set", "save_every=1",
+            *extra]
+
+
+def test_sigkill_mid_stage_then_resume_equals_uninterrupted(smoke_run, tmp_path):
+    ref_out, _, _ = smoke_run
+    out = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    p = subprocess.Popen(_cli(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill inside stage II-fixed (global steps 4–6)
+        if (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    before = mtrain.checkpoints(out)
+    assert before and json.loads((before[-1] / "meta.json").read_text())["global_step"] < 12
+    subprocess.run(_cli(out, "--resume"), env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ref, got = _metrics(ref_out), _metrics(out)
+    assert sorted(ref) == sorted(got)
+    for step in ref:  # the same loss trajectory ...
+        assert (ref[step]["loss_dec"], ref[step]["loss_align"]) == (got[step]["loss_dec"], got[step]["loss_align"]), step
+    a, b = load_file(str(ref_out / "model" / "merger.safetensors")), load_file(str(out / "model" / "merger.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # ... and the same final weights
+    wa = mc.CoMPModel.from_pretrained(ref_out / "model").state_dict()
+    wb = mc.CoMPModel.from_pretrained(out / "model").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    cfg = load_config("smoke", sets=["save_every=1", "eval_samples=0"])
+    real, calls = mtrain.save_model, []
+
+    def dies_on_third(model, path):
+        calls.append(path)
+        if len(calls) == 3:
+            real(model, path)
+            with open(path, "r+b") as f:  # a torn file, then the process "dies"
+                f.truncate(100)
+            raise KeyboardInterrupt("killed during save")
+        real(model, path)
+
+    monkeypatch.setattr(mtrain, "save_model", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        mtrain.train(cfg, tmp_path / "run")
+    ckpts = mtrain.checkpoints(tmp_path / "run")
+    assert [c.name for c in ckpts] == ["step-0000001", "step-0000002"]  # the torn step-3 is not listed
+    assert list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+    monkeypatch.setattr(mtrain, "save_model", real)
+    meta = mtrain.train(cfg, tmp_path / "run", resume=True)  # loads step 2 and finishes
+    assert meta["global_step"] == sum(s.steps for s in cfg.stages)
+
+
+def test_nan_guard_stops_with_a_clear_message(tmp_path, monkeypatch):
+    cfg = load_config("smoke", sets=["save_every=1", "eval_samples=0"])
+    real_forward, n = mc.CoMPModel.forward, [0]
+
+    def poisoned(self, batch):
+        out = real_forward(self, batch)
+        n[0] += 1
+        if n[0] == 7:  # step 4 (2 micro-batches per step)
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(mc.CoMPModel, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match=r"stage II-fixed step 0: loss nan.*Last good checkpoint: .*step-0000003"):
+        mtrain.train(cfg, tmp_path / "run")
+    assert [c.name for c in mtrain.checkpoints(tmp_path / "run")][-1] == "step-0000003"
+
+
+def test_two_process_ddp_on_cpu_matches_one_process(smoke_run, tmp_path):
+    ref_out, _, _ = smoke_run
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m",
+           "minicomp.train", "--preset", "smoke", "--out", str(out), "--set", "save_every=2"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((mtrain.checkpoints(out)[-1] / "meta.json").read_text())
+    assert len(meta["rank_checksums"]) == 2 and len(set(meta["rank_checksums"])) == 1  # both ranks identical
+    a = mc.CoMPModel.from_pretrained(ref_out / "model").state_dict()
+    b = mc.CoMPModel.from_pretrained(out / "model").state_dict()
+    for k in a:  # the same global batch: equal up to the order of floating-point sums
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
