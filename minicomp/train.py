@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -147,8 +148,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
     out = Path(out)
     data = resolve_data(cfg, data_root)  # errors before any model loads
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)  # text-only batches leave vision unused
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no", kwargs_handlers=[ddp],
-                              log_with=_trackers(), project_dir=str(out))
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda, kwargs_handlers=[ddp],
+                              log_with=_trackers(), project_dir=str(out),  # cpu=True: gloo under torchrun
+                              step_scheduler_with_optimizer=False)  # our steps are global: one schedule step each
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != accelerator.num_processes:
+        raise RuntimeError(f"launched as {world} processes but accelerate sees {accelerator.num_processes}: "
+                           f"every process would train alone. Check the launcher's settings.")
     main = accelerator.is_main_process
     say = tqdm.write if main else (lambda *a, **k: None)
     found = checkpoints(out)
@@ -347,11 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="the folder that the preset's relative data paths are in")
     ap.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
     ap.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in all")
     args = ap.parse_args(argv)
     cfg = load_config(args.preset, args.config, args.set)
     out = Path(args.out or f"runs/{cfg.name}")
     t0 = time.time()
-    meta = train(cfg, out, resume=args.resume, data_root=args.data)
+    meta = train(cfg, out, resume=args.resume, data_root=args.data, stop_after=args.max_steps)
     if (out / "report.md").is_file():
         print((out / "report.md").read_text().split("![losses]")[0].strip())
     print(f"done in {(time.time() - t0) / 60:.1f} min; stages: "

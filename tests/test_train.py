@@ -227,17 +227,27 @@ def test_nan_guard_stops_with_a_clear_message(tmp_path, monkeypatch):
     assert [c.name for c in mtrain.checkpoints(tmp_path / "run")][-1] == "step-0000003"
 
 
-def test_two_process_ddp_on_cpu_matches_one_process(smoke_run, tmp_path):
-    ref_out, _, _ = smoke_run
-    out = tmp_path / "ddp"
+def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):
+    """2 processes × 1 micro-batch vs 1 process × 2 accumulated micro-batches, same global batch.
+    Compared after 2 optimiser steps: later, Adam's sign-like early updates and τ = 0.005 amplify
+    float-rounding differences into visibly different trajectories (both are valid runs)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m",
-           "minicomp.train", "--preset", "smoke", "--out", str(out), "--set", "save_every=2"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    args = ["-m", "minicomp.train", "--preset", "smoke", "--set", "save_every=1", "--max-steps", "2", "--out"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, *args, str(one)], env=env, check=True, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+                        *args, str(two)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    meta = json.loads((mtrain.checkpoints(out)[-1] / "meta.json").read_text())
-    assert len(meta["rank_checksums"]) == 2 and len(set(meta["rank_checksums"])) == 1  # both ranks identical
-    a = mc.CoMPModel.from_pretrained(ref_out / "model").state_dict()
-    b = mc.CoMPModel.from_pretrained(out / "model").state_dict()
-    for k in a:  # the same global batch: equal up to the order of floating-point sums
-        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
+    a, b = _metrics(one), _metrics(two)
+    assert sorted(a) == sorted(b) == [1, 2]
+    for step in a:
+        for k in ("loss_dec", "loss_align"):
+            assert abs(a[step][k] - b[step][k]) <= 1e-5 * abs(a[step][k]), (step, k)
+    wa = load_file(str(mtrain.checkpoints(one)[-1] / "model.safetensors"))
+    wb = load_file(str(mtrain.checkpoints(two)[-1] / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
+    trained = [k for k in wa if k.startswith("merger.")]  # Stage I trains the merger: it did move
+    init = mc.CoMPModel.from_preset("tiny").state_dict()
+    assert not all(torch.equal(wa[k], init[k]) for k in trained if k in init)
