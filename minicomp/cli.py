@@ -6,8 +6,13 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # the main job has its own options (minicomp train --help)
+        from .train import main as train_main
+        return train_main(argv[1:])
     parser = argparse.ArgumentParser(prog="minicomp", description="CoMP reference implementation")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="run the three-stage CoMP recipe (the main job): minicomp train --preset tiny")
     demo = sub.add_parser("demo", help="encode native-resolution images with C-RoPE and print what happened")
     demo.add_argument("--model", default="vit_base_patch16_siglip_224", help="any timm ViT with a learned APE")
     demo.add_argument("--depth", type=int, default=None, help="override the number of blocks (faster on CPU)")

@@ -181,15 +181,16 @@ def _tiny() -> TrainConfig:
     return TrainConfig(
         name="tiny",
         model={"vision": str(TOY_VFM_PATHS["vision"]), "llm": str(TOY_LLM_PATH)},
-        stages=[Stage("I", {"merger": 2e-3}, "fixed", fixed_size=64, rope=False, align=True, data="caption", steps=60),
+        stages=[Stage("I", {"merger": 2e-3}, "fixed", fixed_size=64, rope=False, align=True, data="caption", steps=80),
                 Stage("II-fixed", {"vision": 3e-4, "merger": 2e-3, "llm": 1e-3}, "fixed", fixed_size=128,
-                      data="caption", steps=60),
+                      data="mid", steps=100),
                 Stage("II-native", {"vision": 3e-4, "merger": 2e-3, "llm": 1e-3}, "native", max_tokens=64,
-                      data="caption", steps=60),
+                      data="mid", steps=100),
                 Stage("III", {"vision": 1e-4, "merger": 1e-3, "llm": 1e-3}, "native", max_tokens=64, align=False,
-                      data="qa", steps=150)],
-        data={"caption": {"synthetic": 20000, "task": "caption"}, "qa": {"synthetic": 20000, "task": "qa"}},
-        global_batch=16, micro_batch=8, warmup_ratio=0.05, eval_samples=90, prior_samples=2000)
+                      data="qa", steps=400)],
+        data={"caption": {"synthetic": 20000, "task": "caption"}, "mid": {"synthetic": 20000, "task": "mix"},
+              "qa": {"synthetic": 20000, "task": "qa"}},
+        global_batch=16, micro_batch=8, warmup_ratio=0.05, eval_samples=60, prior_samples=2000)
 
 
 def _smoke() -> TrainConfig:
@@ -199,7 +200,7 @@ def _smoke() -> TrainConfig:
     for s in cfg.stages:
         s.steps, s.max_tokens = 3, 16
         s.fixed_size = 64 if s.resolution == "fixed" else s.fixed_size
-    cfg.data = {"caption": {"synthetic": 64, "task": "caption"}, "qa": {"synthetic": 64, "task": "qa"}}
+    cfg.data = {k: {**v, "synthetic": 64} for k, v in cfg.data.items()}
     cfg.global_batch, cfg.micro_batch, cfg.eval_samples, cfg.prior_samples = 4, 2, 6, 50
     return cfg
 

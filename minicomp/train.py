@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -101,6 +101,17 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
+def save_model_state(state: dict, path: Path) -> None:
+    """Weights to safetensors; a tensor shared by two names (tied embeddings) is stored once."""
+    seen, out = set(), {}
+    for k, v in state.items():
+        key = (v.data_ptr(), v.shape, v.dtype) if v.device.type != "meta" else k
+        if key not in seen:
+            seen.add(key)
+            out[k] = v.detach().cpu().contiguous()
+    save_file(out, str(path))
+
+
 def save_checkpoint(accelerator, model, out: Path, meta: dict, keep: int) -> Path:
     name = f"step-{meta['global_step']:07d}"
     final, tmp = out / "checkpoints" / name, out / "checkpoints" / f".tmp-{name}"
@@ -109,8 +120,9 @@ def save_checkpoint(accelerator, model, out: Path, meta: dict, keep: int) -> Pat
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / "state"))  # optimiser, scheduler, RNG states (every rank)
+    state = accelerator.get_state_dict(model)  # the full weights on the main process (gathers FSDP shards)
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))  # shared (tied) tensors once
+        save_model_state(state, tmp / "model.safetensors")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks it complete
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -247,8 +259,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                     meta["stage_index"], meta["step"] = si + 1, 0
                     if cfg.eval_samples and main:
                         meta["evals"][stage.name] = _evaluate(model, stage, cfg)
-                        say(f"stage {stage.name}: exact match {meta['evals'][stage.name]['accuracy']:.3f} on "
-                            f"{cfg.eval_samples} held-out questions ({_mode(stage)})")
+                        ev = meta["evals"][stage.name]
+                        say(f"stage {stage.name}: exact match {ev['accuracy']:.3f} on {ev['n']} held-out questions "
+                            f"({_mode(stage)}): " + ", ".join(f"{k} {v:.2f}" for k, v in ev["by_question"].items()))
                     meta = _broadcast(accelerator, meta)
                     meta["rank_checksums"] = _rank_checksums(accelerator, model)
                 save_checkpoint(accelerator, wrapped, out, meta, cfg.keep_checkpoints)

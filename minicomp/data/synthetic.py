@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 FAMILIES = ("document", "chart", "scene")
-TASKS = ("qa", "caption")
+TASKS = ("qa", "caption", "mix")
 CAPTION_PROMPT = "Describe the image."
 SPLITS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}  # content-hash buckets of 10
 WORDS = ("alpha", "beta", "delta", "gamma", "omega", "sigma", "kappa", "lambda", "theta", "zeta",
@@ -174,8 +174,9 @@ class SyntheticDataset:
 
     Families cycle document, chart, scene (or fix one with `family`). Images are made on access.
     `task="qa"`: the conversation is the sample's questions and answers (Stage III, evaluation);
-    `task="caption"`: one turn, "Describe the image." answered by the caption (Stages I–II, like
-    LLaVA-Pretrain).
+    `task="caption"`: one turn, "Describe the image." answered by the caption (Stage I, like
+    LLaVA-Pretrain); `task="mix"`: captions at even indices, questions at odd ones (Stage II, like
+    LLaVA-OneVision's mid-stage mix).
     """
 
     def __init__(self, split: str = "train", size: int = 1000, seed: int = 0, family: str | None = None,
@@ -193,6 +194,6 @@ class SyntheticDataset:
         if not -self.size <= i < self.size:
             raise IndexError(f"index {i} out of range for a dataset of {self.size}")
         s = make_sample(self.seed, self.split, i % self.size, self.family)
-        if self.task == "caption":
+        if self.task == "caption" or (self.task == "mix" and i % 2 == 0):
             s.conversations = [{"from": "human", "value": "<image>\n" + CAPTION_PROMPT}, {"from": "gpt", "value": s.caption}]
         return s
