@@ -26,8 +26,11 @@ EMBEDDED = "<embedded>"  # the image lives in the dataset row, not in a file
 
 
 class BadRecord(ValueError):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
+    """A record we refuse; `reason` is the short key of `LlavaDataset.skipped`. `where` names the
+    record ("<file> record 3 (id 'x')") and leads the message when given."""
+
+    def __init__(self, reason: str, detail: str, where: str | None = None):
+        super().__init__(f"{where}: {reason}: {detail}" if where else f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
 
 
@@ -126,7 +129,7 @@ class LlavaDataset:
             except BadRecord as e:
                 rid = rec.get("id", i) if isinstance(rec, dict) else i
                 if strict:
-                    raise BadRecord(e.reason, f"{self.path} record {i} (id {rid!r}): {e.detail}") from None
+                    raise BadRecord(e.reason, e.detail, where=f"{self.path} record {i} (id {rid!r})") from None
                 self.skipped[e.reason] += 1
                 continue
             self.items.append((image, conv, {"id": rec.get("id", str(i)), "index": i, "source": str(self.path)}))
