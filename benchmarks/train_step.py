@@ -48,8 +48,7 @@ def main():
             raise SystemExit("--paper needs a CUDA GPU")
         cfg = load_config("paper-1b-siglip")
         model = mc.CoMPModel.from_pretrained(pretrained=False, **cfg.model).to(device)
-        stage, batch_size = cfg.stage("II-native"), args.batch or 4
-        from transformers import AutoTokenizer  # noqa: F401  (no tokenizer offline: ids are synthetic below)
+        stage, batch_size = cfg.stage("II-native"), args.batch or 4  # no tokenizer offline: synthetic ids below
     else:
         cfg = load_config("tiny")
         model = mc.CoMPModel.from_preset("tiny")
