@@ -78,7 +78,7 @@ def run_demo(model: str = "vit_base_patch16_siglip_224", depth: int | None = Non
         sy, sx = H / (h_p * p), W / (w_p * p)  # squash factors of a fixed-size resize
         print_fn(f"  {i:>5}  {h_p * p:>5}×{w_p * p:<5}  {w_p / h_p:>5.2f}  {h_p:>4}×{w_p:<4}  {t.shape[0]:>6}  "
                  f"| {gh * gw:>4}, {10 * sy:.1f}×{6 * sx:.1f} px")
-    print_fn(f"\nChecks:")
+    print_fn("\nChecks:")
     print_fn(f"  packed batch == each image encoded alone: max |diff| = {pack_diff:.1e}")
     print_fn(f"  rope=False at {H}×{W} == timm forward_features: max |diff| = {timm_diff:.1e}")
     print_fn(f"  output: Packed(tokens {tuple(out.tokens.shape)}, grid_hw {out.grid_hw.tolist()}, "

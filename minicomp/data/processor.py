@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from .resize import budget_size, resize_fixed, resize_to_budget, to_tensor
 from .synthetic import Sample
 from .tokenize import encode_alignment_text, encode_conversation
