@@ -17,9 +17,12 @@ KNOWN_LLMS = {
                             num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
                             max_position_embeddings=131072, tie_word_embeddings=False),
 }
-# Qwen2.5's tokenizer has <|image_pad|> = 151655; minicomp adds "<image>" when a tokenizer is loaded.
+# The image placeholder id to use when no tokenizer is at hand (random-weight builds): Qwen2.5's
+# tokenizer has <|image_pad|> = 151655. With a tokenizer, minicomp adds "<image>" and uses that.
+IMAGE_TOKEN_IDS = {"Qwen/Qwen2.5-0.5B": 151655, "Qwen/Qwen2.5-7B": 151655}
 KNOWN_LLMS["Qwen/Qwen2.5-0.5B-Instruct"] = KNOWN_LLMS["Qwen/Qwen2.5-0.5B"]
 KNOWN_LLMS["Qwen/Qwen2.5-7B-Instruct"] = dict(KNOWN_LLMS["Qwen/Qwen2.5-7B"], max_position_embeddings=32768)
+IMAGE_TOKEN_IDS.update({k + "-Instruct": v for k, v in IMAGE_TOKEN_IDS.items()})
 
 
 def llm_config(llm: str) -> PretrainedConfig:

@@ -28,7 +28,7 @@ from .data.collate import Batch
 from .data.processor import Processor
 from .data.resize import resize_fixed, resize_to_budget, to_tensor
 from .data.tokenize import IGNORE, IMAGE_TOKEN, encode_prompt
-from .known_llms import llm_config
+from .known_llms import IMAGE_TOKEN_IDS, llm_config
 from .merger import PatchMerger
 from .packed import Packed
 from .toy.tokenizer import CHAT_TEMPLATE
@@ -159,7 +159,7 @@ class CoMPModel(nn.Module):
         has_tok = pretrained or (Path(cfg.llm) / "tokenizer_config.json").is_file()
         tok = AutoTokenizer.from_pretrained(cfg.llm) if has_tok else None
         if tok is None and cfg.image_token_id is None:
-            cfg.image_token_id = 151655 if cfg.llm.startswith("Qwen/Qwen2.5") else None  # <|image_pad|>
+            cfg.image_token_id = IMAGE_TOKEN_IDS.get(cfg.llm)
         return cls(enc, lm, tok, cfg)
 
     @classmethod

@@ -4,9 +4,8 @@
     accelerate launch -m minicomp.train --preset paper-1b-siglip --data /data/llava   # the paper
 
 Each stage starts from the previous stage's weights. Data order is a fixed function of the seed
-and the step, so `--resume` continues mid-stage exactly where the run stopped. Checkpoints are
-written to a temporary folder and renamed, so a kill during a save never leaves a checkpoint
-that looks valid but is torn.
+and the step, so `--resume` continues mid-stage exactly where the run stopped (checkpoints:
+`minicomp.checkpoint`; the report: `minicomp.report`).
 """
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from safetensors.torch import load_model, save_file
+from safetensors.torch import load_model
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -35,6 +33,8 @@ from .data.prior import count_tokens
 from .data.synthetic import SyntheticDataset
 from .evaluate import exact_match
 from .model import CoMPModel
+from .checkpoint import checkpoints, save_checkpoint
+from .report import stage_mode, write_report
 from .stages import Stage, apply_stage
 
 
@@ -90,46 +90,6 @@ class StepBatches(Dataset):
         step, a = divmod(k, self.accum)
         start = step * self.G + (a * self.world + self.rank) * self.m
         return collate([self.proc(self.ds[i]) for i in self.order[start:start + self.m]], self.pad_id)
-
-
-# ---- checkpoints ----------------------------------------------------------------------------
-
-def checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a folder counts only once renamed, with its meta.json)."""
-    root = out / "checkpoints"
-    done = [p for p in root.glob("step-*") if (p / "meta.json").is_file()] if root.is_dir() else []
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-
-def save_model_state(state: dict, path: Path) -> None:
-    """Weights to safetensors; a tensor shared by two names (tied embeddings) is stored once."""
-    seen, out = set(), {}
-    for k, v in state.items():
-        key = (v.data_ptr(), v.shape, v.dtype) if v.device.type != "meta" else k
-        if key not in seen:
-            seen.add(key)
-            out[k] = v.detach().cpu().contiguous()
-    save_file(out, str(path))
-
-
-def save_checkpoint(accelerator, model, out: Path, meta: dict, keep: int) -> Path:
-    name = f"step-{meta['global_step']:07d}"
-    final, tmp = out / "checkpoints" / name, out / "checkpoints" / f".tmp-{name}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "state"))  # optimiser, scheduler, RNG states (every rank)
-    state = accelerator.get_state_dict(model)  # the full weights on the main process (gathers FSDP shards)
-    if accelerator.is_main_process:
-        save_model_state(state, tmp / "model.safetensors")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks it complete
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in checkpoints(out)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
 
 
 # ---- the loop -------------------------------------------------------------------------------
@@ -261,7 +221,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                         meta["evals"][stage.name] = _evaluate(model, stage, cfg)
                         ev = meta["evals"][stage.name]
                         say(f"stage {stage.name}: exact match {ev['accuracy']:.3f} on {ev['n']} held-out questions "
-                            f"({_mode(stage)}): " + ", ".join(f"{k} {v:.2f}" for k, v in ev["by_question"].items()))
+                            f"({stage_mode(stage)}): " + ", ".join(f"{k} {v:.2f}" for k, v in ev["by_question"].items()))
                     meta = _broadcast(accelerator, meta)
                     meta["rank_checksums"] = _rank_checksums(accelerator, model)
                 save_checkpoint(accelerator, wrapped, out, meta, cfg.keep_checkpoints)
@@ -277,10 +237,6 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return meta
-
-
-def _mode(stage: Stage) -> str:
-    return f"fixed {stage.fixed_size}px" if stage.resolution == "fixed" else f"native ≤{stage.max_tokens} tokens"
 
 
 def _evaluate(model, stage: Stage, cfg: TrainConfig) -> dict:
@@ -318,42 +274,6 @@ def _trackers():
         return "tensorboard"
     except ImportError:
         return None
-
-
-# ---- report ---------------------------------------------------------------------------------
-
-def write_report(out: Path, cfg: TrainConfig, meta: dict) -> str:
-    """report.md (a table per stage) and losses.png from metrics.jsonl; returns the table."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for ax, key in zip(axes, ("loss_dec", "loss_align")):
-        for stage in cfg.stages:
-            r = [x for x in rows if x["stage"] == stage.name]
-            if r:
-                ax.plot([x["global_step"] for x in r], [x[key] for x in r], label=stage.name)
-        ax.set(xlabel="optimiser step", title=key)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "losses.png", dpi=110)
-    plt.close(fig)
-    lines = ["| stage | trains | resolution | RoPE | align | steps | minutes | loss_dec first → last | "
-             "loss_align last | exact match |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for s in cfg.stages:
-        r = [x for x in rows if x["stage"] == s.name]
-        ev = meta["evals"].get(s.name)
-        lines.append(f"| {s.name} | {', '.join(s.trainable)} | {_mode(s)} | {'on' if s.rope else 'off'} | "
-                     f"{'on' if s.align else 'off'} | {len(r)} | {meta['stage_minutes'].get(s.name, 0):.1f} | "
-                     + (f"{r[0]['loss_dec']:.3f} → {r[-1]['loss_dec']:.3f} | {r[-1]['loss_align']:.3f} | " if r else "– | – | ")
-                     + (f"{ev['accuracy']:.3f}" if ev else "–") + " |")
-    table = "\n".join(lines)
-    (out / "report.md").write_text(f"# minicomp run: {cfg.name}\n\n{table}\n\n![losses](losses.png)\n\n"
-                                   f"Final model: `model/` (load with `minicomp.CoMPModel.from_pretrained`). "
-                                   f"Per-stage models: `stages/`. Metrics: `metrics.jsonl`.\n")
-    return table
 
 
 # ---- command line ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import minicomp as mc
+import minicomp.checkpoint as mckpt
 import minicomp.train as mtrain
 from minicomp.config import PRESETS, TrainConfig, load_config
 from minicomp.stages import Stage, apply_stage, check_order
@@ -188,7 +189,7 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(smoke_run, tmp_path)
 
 def test_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     cfg = load_config("smoke", sets=["save_every=1", "eval_samples=0"])
-    real, calls = mtrain.save_model_state, []
+    real, calls = mckpt.save_model_state, []
 
     def dies_on_third(state, path):
         calls.append(path)
@@ -199,13 +200,13 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch
             raise KeyboardInterrupt("killed during save")
         real(state, path)
 
-    monkeypatch.setattr(mtrain, "save_model_state", dies_on_third)
+    monkeypatch.setattr(mckpt, "save_model_state", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         mtrain.train(cfg, tmp_path / "run")
     ckpts = mtrain.checkpoints(tmp_path / "run")
     assert [c.name for c in ckpts] == ["step-0000001", "step-0000002"]  # the torn step-3 is not listed
     assert list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
-    monkeypatch.setattr(mtrain, "save_model_state", real)
+    monkeypatch.setattr(mckpt, "save_model_state", real)
     meta = mtrain.train(cfg, tmp_path / "run", resume=True)  # loads step 2 and finishes
     assert meta["global_step"] == sum(s.steps for s in cfg.stages)
 

@@ -1,0 +1,47 @@
+"""The report of a training run: report.md (a table per stage) and losses.png, from metrics.jsonl."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import TrainConfig
+from .stages import Stage
+
+
+def stage_mode(stage: Stage) -> str:
+    """A stage's resolution in words: "fixed 64px" or "native ≤64 tokens"."""
+    return f"fixed {stage.fixed_size}px" if stage.resolution == "fixed" else f"native ≤{stage.max_tokens} tokens"
+
+
+def write_report(out: Path, cfg: TrainConfig, meta: dict) -> str:
+    """report.md (a table per stage) and losses.png from metrics.jsonl; returns the table."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, key in zip(axes, ("loss_dec", "loss_align")):
+        for stage in cfg.stages:
+            r = [x for x in rows if x["stage"] == stage.name]
+            if r:
+                ax.plot([x["global_step"] for x in r], [x[key] for x in r], label=stage.name)
+        ax.set(xlabel="optimiser step", title=key)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "losses.png", dpi=110)
+    plt.close(fig)
+    lines = ["| stage | trains | resolution | RoPE | align | steps | minutes | loss_dec first → last | "
+             "loss_align last | exact match |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in cfg.stages:
+        r = [x for x in rows if x["stage"] == s.name]
+        ev = meta["evals"].get(s.name)
+        lines.append(f"| {s.name} | {', '.join(s.trainable)} | {stage_mode(s)} | {'on' if s.rope else 'off'} | "
+                     f"{'on' if s.align else 'off'} | {len(r)} | {meta['stage_minutes'].get(s.name, 0):.1f} | "
+                     + (f"{r[0]['loss_dec']:.3f} → {r[-1]['loss_dec']:.3f} | {r[-1]['loss_align']:.3f} | " if r else "– | – | ")
+                     + (f"{ev['accuracy']:.3f}" if ev else "–") + " |")
+    table = "\n".join(lines)
+    (out / "report.md").write_text(f"# minicomp run: {cfg.name}\n\n{table}\n\n![losses](losses.png)\n\n"
+                                   f"Final model: `model/` (load with `minicomp.CoMPModel.from_pretrained`). "
+                                   f"Per-stage models: `stages/`. Metrics: `metrics.jsonl`.\n")
+    return table
