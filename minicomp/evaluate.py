@@ -3,12 +3,17 @@ resolution (fixed square or native budget).
 
 Each test sample has two questions: one that needs its fine detail (a document's line, a bar's
 value, a shape's colour) and one about its layout (how many lines or shapes, which bar is
-tallest). Each is asked alone, with the image in front."""
+tallest). Each is asked alone, with the image in front.
+
+`images="blank"` asks the same questions with each image replaced by a white one of the same
+size: what the model answers from the question alone. The gap between the two is how much the
+model uses what it sees; a blind model scores the same on both."""
 from __future__ import annotations
 
 from collections import Counter
 
 import torch
+from PIL import Image
 
 from .data.synthetic import SyntheticDataset
 
@@ -18,15 +23,20 @@ QUESTIONS = {"document": ("line", "lines"), "chart": ("value", "tallest"), "scen
 
 @torch.no_grad()
 def exact_match(model, n: int = 90, fixed_size: int | None = None, max_tokens: int = 3000, batch: int = 16,
-                max_new_tokens: int = 12, seed: int = 0) -> dict:
+                max_new_tokens: int = 12, seed: int = 0, images: str = "real") -> dict:
     """Ask both questions of n test-split samples (families in turn) and compare each greedy
-    answer with the truth, exactly. -> {"accuracy", "n" (questions), "by_family", "by_question"}."""
+    answer with the truth, exactly. `images`: "real", or "blank" (white, same size) for the
+    control. -> {"accuracy", "n" (questions), "by_family", "by_question"}."""
+    if images not in ("real", "blank"):
+        raise ValueError(f"images={images!r}, expected 'real' or 'blank'")
     was_training = model.training
     model.eval()
     ds = SyntheticDataset("test", n, seed=seed)
     asks = []  # (image, question, answer, family, kind)
     for i in range(n):
         s = ds[i]
+        if images == "blank":
+            s.image = Image.new("RGB", s.image.size, "white")
         turns = s.conversations
         for j in range(0, len(turns), 2):
             fam = s.meta["family"]

@@ -1,4 +1,8 @@
-"""The report of a training run: report.md (a table per stage) and losses.png, from metrics.jsonl."""
+"""The report of a training run: report.md (a table per stage) and losses.png, from metrics.jsonl.
+
+Losses in the table are means over the first and last tenth of each stage's steps (one batch is
+noisy). Exact match is shown with real images and with the blank-image control (see
+`minicomp.evaluate`): a model that uses what it sees scores higher with the real ones."""
 from __future__ import annotations
 
 import json
@@ -31,17 +35,36 @@ def write_report(out: Path, cfg: TrainConfig, meta: dict) -> str:
     fig.tight_layout()
     fig.savefig(out / "losses.png", dpi=110)
     plt.close(fig)
-    lines = ["| stage | trains | resolution | RoPE | align | steps | minutes | loss_dec first → last | "
-             "loss_align last | exact match |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| stage | trains | resolution | RoPE | align | steps | minutes | loss_dec start → end | "
+             "loss_align end | exact match | blank images |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in cfg.stages:
         r = [x for x in rows if x["stage"] == s.name]
         ev = meta["evals"].get(s.name)
         lines.append(f"| {s.name} | {', '.join(s.trainable)} | {stage_mode(s)} | {'on' if s.rope else 'off'} | "
                      f"{'on' if s.align else 'off'} | {len(r)} | {meta['stage_minutes'].get(s.name, 0):.1f} | "
-                     + (f"{r[0]['loss_dec']:.3f} → {r[-1]['loss_dec']:.3f} | {r[-1]['loss_align']:.3f} | " if r else "– | – | ")
-                     + (f"{ev['accuracy']:.3f}" if ev else "–") + " |")
-    table = "\n".join(lines)
+                     + (f"{_ends(r, 'loss_dec')[0]:.3f} → {_ends(r, 'loss_dec')[1]:.3f} | "
+                        f"{_ends(r, 'loss_align')[1]:.3f} | " if r else "– | – | ")
+                     + (f"{ev['accuracy']:.3f} | {ev['blank']['accuracy']:.3f}" if ev else "– | –") + " |")
+    table = "\n".join(lines) + _per_question(cfg, meta)
     (out / "report.md").write_text(f"# minicomp run: {cfg.name}\n\n{table}\n\n![losses](losses.png)\n\n"
                                    f"Final model: `model/` (load with `minicomp.CoMPModel.from_pretrained`). "
                                    f"Per-stage models: `stages/`. Metrics: `metrics.jsonl`.\n")
     return table
+
+
+def _ends(rows: list[dict], key: str) -> tuple[float, float]:
+    """Mean of `key` over the first and over the last tenth of the rows (at least one each)."""
+    k = max(1, len(rows) // 10)
+    return sum(r[key] for r in rows[:k]) / k, sum(r[key] for r in rows[-k:]) / k
+
+
+def _per_question(cfg: TrainConfig, meta: dict) -> str:
+    """A markdown table: exact match per question and stage, "real / blank"."""
+    evals = [(s.name, meta["evals"][s.name]) for s in cfg.stages if s.name in meta["evals"]]
+    if not evals:
+        return ""
+    kinds = list(evals[0][1]["by_question"])
+    head = "| stage | " + " | ".join(kinds) + " |\n|---|" + "---|" * len(kinds)
+    body = [f"| {name} | " + " | ".join(f"{ev['by_question'][k]:.2f} / {ev['blank']['by_question'][k]:.2f}"
+                                        for k in kinds) + " |" for name, ev in evals]
+    return "\n\nExact match per question, real images / blank images:\n\n" + "\n".join([head, *body])

@@ -220,8 +220,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                     if cfg.eval_samples and main:
                         meta["evals"][stage.name] = _evaluate(model, stage, cfg)
                         ev = meta["evals"][stage.name]
-                        say(f"stage {stage.name}: exact match {ev['accuracy']:.3f} on {ev['n']} held-out questions "
-                            f"({stage_mode(stage)}): " + ", ".join(f"{k} {v:.2f}" for k, v in ev["by_question"].items()))
+                        say(f"stage {stage.name}: exact match {ev['accuracy']:.3f} (blank images "
+                            f"{ev['blank']['accuracy']:.3f}) on {ev['n']} held-out questions ({stage_mode(stage)}): "
+                            + ", ".join(f"{k} {v:.2f} ({ev['blank']['by_question'][k]:.2f})"
+                                        for k, v in ev["by_question"].items()))
                     meta = _broadcast(accelerator, meta)
                     meta["rank_checksums"] = _rank_checksums(accelerator, model)
                 save_checkpoint(accelerator, wrapped, out, meta, cfg.keep_checkpoints)
@@ -240,9 +242,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
 
 
 def _evaluate(model, stage: Stage, cfg: TrainConfig) -> dict:
+    """Exact match at the stage's resolution, with the blank-image control under "blank"."""
     fixed = stage.fixed_size if stage.resolution == "fixed" else None
-    return exact_match(model, cfg.eval_samples, fixed_size=fixed, max_tokens=stage.max_tokens,
-                       max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed)
+    ev = {images: exact_match(model, cfg.eval_samples, fixed_size=fixed, max_tokens=stage.max_tokens,
+                              max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed, images=images)
+          for images in ("real", "blank")}
+    return {**ev["real"], "blank": ev["blank"]}
 
 
 def _rank_checksums(accelerator, model) -> list[str]:
@@ -278,17 +283,22 @@ def _trackers():
 
 # ---- command line ---------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The `minicomp train` command line."""
     ap = argparse.ArgumentParser(prog="minicomp train", description="Run CoMP's three-stage recipe.")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--config", action="append", default=[], help="a YAML file of overrides (repeatable)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override one field, e.g. stages.III.lr.llm=1e-5 (repeatable)")
+    ap.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override fields, e.g. --set stages.III.lr.llm=1e-5 seed=1 (repeatable)")
     ap.add_argument("--data", default=None, help="the folder that the preset's relative data paths are in")
     ap.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
     ap.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in all")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     cfg = load_config(args.preset, args.config, args.set)
     out = Path(args.out or f"runs/{cfg.name}")
     t0 = time.time()

@@ -75,6 +75,12 @@ def test_overrides_from_yaml_and_command_line(tmp_path):
     assert cfg.stage("I").steps == 7 and cfg.seed == 3 and cfg.model["alpha"] == 0.1
 
 
+def test_command_line_takes_several_overrides_per_set():
+    args = mtrain.parser().parse_args(["--set", "stages.I.steps=7", "seed=3", "--set", "global_batch=32"])
+    cfg = load_config(args.preset, args.config, args.set)
+    assert (cfg.stage("I").steps, cfg.seed, cfg.global_batch) == (7, 3, 32)
+
+
 @pytest.mark.parametrize("sets, match", [
     (["nope=1"], "unknown config key 'nope'"),
     (["stages.I.steps=1.5"], "stages.I.steps: expected int"),
@@ -129,7 +135,11 @@ def test_smoke_run_end_to_end(smoke_run):
     assert caption[-1]["loss_dec"] < caption[0]["loss_dec"]
     assert all(r["loss_align"] == 0 for r in rows.values() if r["stage"] == "III")
     assert set(meta["evals"]) == {"I", "II-fixed", "II-native", "III"}
-    assert (out / "report.md").is_file() and (out / "losses.png").is_file()
+    for ev in meta["evals"].values():  # each stage is evaluated with real images and the blank control
+        assert ev["n"] == ev["blank"]["n"] == 2 * cfg.eval_samples and 0 <= ev["blank"]["accuracy"] <= 1
+    report = (out / "report.md").read_text()
+    assert "blank images" in report and report.count(" / ") >= 6 * len(meta["evals"])
+    assert (out / "losses.png").is_file()
     assert len(mtrain.checkpoints(out)) == cfg.keep_checkpoints  # bounded
     assert sorted(p.name for p in (out / "stages").iterdir()) == sorted(meta["evals"])
     assert list((out / "runs").rglob("events.out.tfevents*")) or list(out.rglob("events.out.tfevents*"))

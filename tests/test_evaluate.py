@@ -1,0 +1,52 @@
+"""Exact match on held-out toy questions, with the blank-image control."""
+import pytest
+import torch
+
+from minicomp.data.synthetic import SyntheticDataset
+from minicomp.evaluate import QUESTIONS, exact_match
+
+
+class Recorder:
+    """Stands in for a model: records what it is asked and answers the truth for the first
+    `right` questions of each call, "?" for the rest."""
+
+    def __init__(self, truths, right):
+        self.truths, self.right, self.asked, self.training = truths, right, [], False
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        self.training = mode
+
+    def generate(self, images, prompts, **kw):
+        self.asked += list(zip(images, prompts))
+        start = len(self.asked) - len(prompts)
+        return [self.truths[start + i] if i < self.right else "?" for i in range(len(prompts))]
+
+
+def _truths(n):
+    ds = SyntheticDataset("test", n)
+    return [t["value"] for i in range(n) for t in ds[i].conversations[1::2]]
+
+
+@pytest.mark.parametrize("images", ["real", "blank"])
+def test_exact_match_counts_exact_answers_and_blank_hides_the_image(images):
+    n = 6
+    truths, ds = _truths(n), SyntheticDataset("test", n)
+    rec = Recorder(truths, right=3)
+    r = exact_match(rec, n, batch=4, images=images)
+    assert r["n"] == 2 * n == len(rec.asked)
+    assert r["accuracy"] == pytest.approx((3 + 3 + 3) / 12)  # batches of 4, 4, 4: three right in each
+    assert set(r["by_question"]) == {f"{f}/{q}" for f, qs in QUESTIONS.items() for q in qs}
+    for k, (img, prompt) in enumerate(rec.asked):
+        real = ds[k // 2].image
+        assert img.size == real.size and "<image>" not in prompt
+        pixels = torch.tensor(list(img.getdata()))
+        assert (pixels == 255).all() == (images == "blank")
+
+
+def test_exact_match_rejects_unknown_image_mode():
+    with pytest.raises(ValueError, match="images='noise'"):
+        exact_match(Recorder([], 0), 2, images="noise")
+
