@@ -3,7 +3,7 @@ resolution (fixed square or native budget).
 
 Each test sample has two questions: one that needs its fine detail (a document's line, a bar's
 value, a shape's colour) and one about its layout (how many lines or shapes, which bar is
-tallest). Each is asked alone, with the image in front.
+tallest). Each is asked alone, with the image in front (in training either may come first).
 
 `images="blank"` asks the same questions with each image replaced by a white one of the same
 size: what the model answers from the question alone. The gap between the two is how much the
@@ -15,10 +15,9 @@ from collections import Counter
 import torch
 from PIL import Image
 
-from .data.synthetic import SyntheticDataset
+from .data.synthetic import QUESTIONS, SyntheticDataset
 
 
-QUESTIONS = {"document": ("line", "lines"), "chart": ("value", "tallest"), "scene": ("colour", "shapes")}
 
 
 @torch.no_grad()
@@ -41,7 +40,7 @@ def exact_match(model, n: int = 90, fixed_size: int | None = None, max_tokens: i
         for j in range(0, len(turns), 2):
             fam = s.meta["family"]
             asks.append((s.image, turns[j]["value"].replace("<image>\n", ""), turns[j + 1]["value"], fam,
-                         f"{fam}/{QUESTIONS[fam][j // 2]}"))
+                         f"{fam}/{s.meta['questions'][j // 2]}"))
     hits, totals = Counter(), Counter()
     for start in range(0, len(asks), batch):
         chunk = asks[start:start + batch]

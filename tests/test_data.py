@@ -1,10 +1,12 @@
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from minicomp.data import FAMILIES, SyntheticDataset, budget_size, resize_fixed, resize_to_budget, to_tensor
-from minicomp.data.synthetic import _content_bucket
+from minicomp.data.synthetic import QUESTIONS, _content_bucket
 
 
 def test_same_seed_same_samples_and_another_seed_differs():
@@ -24,7 +26,7 @@ def test_splits_never_overlap():
             assert seen.setdefault(s.caption, split) == split, f"{s.caption!r} in {split} and {seen[s.caption]}"
     # the split is a function of the content: recomputing the bucket agrees
     s = SyntheticDataset("val", 1)[0]
-    m = {k: v for k, v in s.meta.items() if k not in ("id", "split")}
+    m = {k: v for k, v in s.meta.items() if k not in ("id", "split", "questions")}  # added after the draw
     assert _content_bucket(m) == 8
 
 
@@ -42,17 +44,28 @@ def test_families_sizes_and_aspect_ratios():
         assert [t["from"] for t in s.conversations] == ["human", "gpt"] * (len(s.conversations) // 2)
 
 
+def test_either_question_comes_first_and_the_image_leads_the_first_turn():
+    firsts = Counter()
+    for s in (SyntheticDataset("train", 60)[i] for i in range(60)):
+        assert sorted(s.meta["questions"]) == sorted(QUESTIONS[s.meta["family"]])
+        firsts[s.meta["questions"][0] == QUESTIONS[s.meta["family"]][0]] += 1
+        humans = [t["value"] for t in s.conversations[::2]]
+        assert humans[0].startswith("<image>\n") and not any("<image>" in h for h in humans[1:])
+    assert firsts[True] >= 15 and firsts[False] >= 15  # both orders, about half each
+
+
 def test_answers_follow_the_ground_truth():
     for s in (SyntheticDataset("test", 30, seed=3)[i] for i in range(30)):
-        m, answers = s.meta, [t["value"] for t in s.conversations[1::2]]
+        m = s.meta
+        a = dict(zip(m["questions"], (t["value"] for t in s.conversations[1::2])))  # kind -> answer
         if m["family"] == "document":
-            assert answers[0] in m["lines"] and answers[1] == str(len(m["lines"]))
+            assert a["line"] in m["lines"] and a["lines"] == str(len(m["lines"]))
             assert 8 <= m["glyph_px"] <= 11  # small glyphs
         elif m["family"] == "chart":
-            assert int(answers[0]) in m["values"]
-            assert answers[1] == m["labels"][int(np.argmax(m["values"]))]
+            assert int(a["value"]) in m["values"]
+            assert a["tallest"] == m["labels"][int(np.argmax(m["values"]))]
         else:
-            assert answers[0] in [o["color"] for o in m["objects"]] and answers[1] == str(len(m["objects"]))
+            assert a["colour"] in [o["color"] for o in m["objects"]] and a["shapes"] == str(len(m["objects"]))
             xs = [o["x"] for o in m["objects"]]
             assert xs == sorted(xs)  # "from left to right" is true
 

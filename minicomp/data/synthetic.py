@@ -2,7 +2,7 @@
 in the spirit of the paper's text-rich benchmarks: documents, charts and scenes.
 
 Each sample has an image (PIL, its own size and aspect ratio), a caption for Stages I–II,
-LLaVA-style conversations with short exact-match answers for Stage III and evaluation, and its
+LLaVA-style conversations (two questions in random order) with short exact-match answers for Stage III and evaluation, and its
 ground truth in `meta`. The detail is small on purpose (glyphs 8–11 px tall): a fixed low
 resolution destroys it, native resolution keeps it.
 
@@ -28,6 +28,8 @@ LABELS = ("A", "B", "C", "D", "E", "F", "G", "H")
 COLORS = {"red": (220, 40, 40), "green": (30, 160, 60), "blue": (40, 70, 220), "yellow": (230, 190, 20),
           "purple": (140, 50, 170), "orange": (240, 130, 20), "black": (20, 20, 20)}
 SHAPES = ("circle", "square", "triangle")
+# each family's two questions: one about fine detail, one about layout (see `_text`)
+QUESTIONS = {"document": ("line", "lines"), "chart": ("value", "tallest"), "scene": ("colour", "shapes")}
 # (width, height) aspect ratios: landscape, portrait, square, up to 1:4
 ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16), (2, 1), (1, 2), (3, 1), (1, 3), (4, 1), (1, 4))
 
@@ -43,7 +45,7 @@ class Sample:
     image: Image.Image
     caption: str
     conversations: list[dict] = field(default_factory=list)  # [{"from": "human"|"gpt", "value": str}, ...]
-    meta: dict = field(default_factory=dict)  # family, id, split, size, glyph_px, ground truth
+    meta: dict = field(default_factory=dict)  # family, id, split, size, glyph_px, ground truth, questions (kinds, in turn order)
 
 
 def _size(rng: np.random.Generator, area: tuple[int, int]) -> tuple[int, int]:
@@ -118,7 +120,8 @@ def _render(m: dict) -> Image.Image:
 
 
 def _text(m: dict, rng) -> tuple[str, list[tuple[str, str]]]:
-    """Caption and (question, answer) pairs with short exact-match answers."""
+    """Caption and (question, answer) pairs with short exact-match answers, in the order of
+    QUESTIONS[family]."""
     if m["family"] == "document":
         n = len(m["lines"])
         cap = f"A document with {n} line{'s' * (n > 1)} of text. " + " ".join(
@@ -162,10 +165,11 @@ def make_sample(seed: int, split: str, index: int, family: str | None = None, re
         if _content_bucket(m) in SPLITS[split]:
             break
     cap, qa = _text(m, rng)
-    conv = [{"from": "human", "value": "<image>\n" + qa[0][0]}, {"from": "gpt", "value": qa[0][1]}]
-    for q, a in qa[1:]:
-        conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
-    m.update(id=f"{split}-{seed}-{index}", split=split)
+    order = [int(k) for k in rng.permutation(len(qa))]  # either question may come first, as in real SFT data
+    conv = []
+    for q, a in (qa[k] for k in order):
+        conv += [{"from": "human", "value": ("" if conv else "<image>\n") + q}, {"from": "gpt", "value": a}]
+    m.update(id=f"{split}-{seed}-{index}", split=split, questions=[QUESTIONS[fam][k] for k in order])
     return Sample(_render(m) if render else None, cap, conv, m)
 
 
