@@ -190,7 +190,7 @@ def _tiny() -> TrainConfig:
                       data="qa", steps=400)],
         data={"caption": {"synthetic": 20000, "task": "caption"}, "mid": {"synthetic": 20000, "task": "mix"},
               "qa": {"synthetic": 20000, "task": "qa"}},
-        global_batch=16, micro_batch=8, warmup_ratio=0.05, eval_samples=60, prior_samples=2000)
+        global_batch=16, micro_batch=8, warmup_ratio=0.05, eval_samples=150, prior_samples=2000)
 
 
 def _smoke() -> TrainConfig:

@@ -55,3 +55,15 @@ def exact_match(model, n: int = 90, fixed_size: int | None = None, max_tokens: i
     return {"accuracy": sum(hits[f] for f in fams) / len(asks), "n": len(asks),
             "by_family": {f: hits[f] / totals[f] for f in fams},
             "by_question": {k: hits[k] / totals[k] for k in sorted(totals) if "/" in k}}
+
+
+def with_control(model, n: int, **kw) -> dict:
+    """`exact_match` with real images, and under "blank" the same with blank images."""
+    return {**exact_match(model, n, images="real", **kw), "blank": exact_match(model, n, images="blank", **kw)}
+
+
+def resolution_sweep(model, resolutions: dict[str, dict], n: int, **kw) -> dict:
+    """`with_control` at each resolution, e.g. {"fixed 64px": {"fixed_size": 64},
+    "native ≤64 tokens": {"max_tokens": 64}} -> {label: result}. The same model and questions
+    at every size, so the differences are the resolution's alone."""
+    return {label: with_control(model, n, **size, **kw) for label, size in resolutions.items()}

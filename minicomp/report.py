@@ -2,7 +2,8 @@
 
 Losses in the table are means over the first and last tenth of each stage's steps (one batch is
 noisy). Exact match is shown with real images and with the blank-image control (see
-`minicomp.evaluate`): a model that uses what it sees scores higher with the real ones."""
+`minicomp.evaluate`): a model that uses what it sees scores higher with the real ones. The last
+table asks the final model at every stage's resolution: there the resolution alone varies."""
 from __future__ import annotations
 
 import json
@@ -45,7 +46,10 @@ def write_report(out: Path, cfg: TrainConfig, meta: dict) -> str:
                      + (f"{_ends(r, 'loss_dec')[0]:.3f} → {_ends(r, 'loss_dec')[1]:.3f} | "
                         f"{_ends(r, 'loss_align')[1]:.3f} | " if r else "– | – | ")
                      + (f"{ev['accuracy']:.3f} | {ev['blank']['accuracy']:.3f}" if ev else "– | –") + " |")
-    table = "\n".join(lines) + _per_question(cfg, meta)
+    table = "\n".join(lines) + _per_question([(s.name, meta["evals"][s.name]) for s in cfg.stages
+                                               if s.name in meta["evals"]], "Exact match per question after each stage")
+    if meta.get("by_resolution"):
+        table += _per_question(list(meta["by_resolution"].items()), "The final model at each stage's resolution")
     (out / "report.md").write_text(f"# minicomp run: {cfg.name}\n\n{table}\n\n![losses](losses.png)\n\n"
                                    f"Final model: `model/` (load with `minicomp.CoMPModel.from_pretrained`). "
                                    f"Per-stage models: `stages/`. Metrics: `metrics.jsonl`.\n")
@@ -58,13 +62,14 @@ def _ends(rows: list[dict], key: str) -> tuple[float, float]:
     return sum(r[key] for r in rows[:k]) / k, sum(r[key] for r in rows[-k:]) / k
 
 
-def _per_question(cfg: TrainConfig, meta: dict) -> str:
-    """A markdown table: exact match per question and stage, "real / blank"."""
-    evals = [(s.name, meta["evals"][s.name]) for s in cfg.stages if s.name in meta["evals"]]
+def _per_question(evals: list[tuple[str, dict]], title: str) -> str:
+    """A markdown table: one row per (name, exact-match result), all and per question, "real / blank"."""
     if not evals:
         return ""
     kinds = list(evals[0][1]["by_question"])
-    head = "| stage | " + " | ".join(kinds) + " |\n|---|" + "---|" * len(kinds)
-    body = [f"| {name} | " + " | ".join(f"{ev['by_question'][k]:.2f} / {ev['blank']['by_question'][k]:.2f}"
-                                        for k in kinds) + " |" for name, ev in evals]
-    return "\n\nExact match per question, real images / blank images:\n\n" + "\n".join([head, *body])
+    head = "| | all | " + " | ".join(kinds) + " |\n|---|---|" + "---|" * len(kinds)
+    body = [f"| {name} | {ev['accuracy']:.3f} / {ev['blank']['accuracy']:.3f} | "
+            + " | ".join(f"{ev['by_question'][k]:.2f} / {ev['blank']['by_question'][k]:.2f}" for k in kinds) + " |"
+            for name, ev in evals]
+    n = evals[0][1]["n"]
+    return f"\n\n{title}, real images / blank images ({n} questions, {n // len(kinds)} of each kind):\n\n" + "\n".join([head, *body])

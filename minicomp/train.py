@@ -31,7 +31,7 @@ from .data.collate import collate
 from .data.llava import LlavaDataset
 from .data.prior import count_tokens
 from .data.synthetic import SyntheticDataset
-from .evaluate import exact_match
+from .evaluate import resolution_sweep, with_control
 from .model import CoMPModel
 from .checkpoint import checkpoints, save_checkpoint
 from .report import stage_mode, write_report
@@ -234,6 +234,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                 return meta
         bar.close()
     if main:
+        if cfg.eval_samples:  # the final model at every stage's resolution: what resolution alone changes
+            sizes = {stage_mode(s): _size(s) for s in cfg.stages}
+            meta["by_resolution"] = resolution_sweep(model, sizes, cfg.eval_samples,
+                                                     max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed)
         model.save_pretrained(out / "model")
         write_report(out, cfg, meta)
     accelerator.wait_for_everyone()
@@ -243,11 +247,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
 
 def _evaluate(model, stage: Stage, cfg: TrainConfig) -> dict:
     """Exact match at the stage's resolution, with the blank-image control under "blank"."""
-    fixed = stage.fixed_size if stage.resolution == "fixed" else None
-    ev = {images: exact_match(model, cfg.eval_samples, fixed_size=fixed, max_tokens=stage.max_tokens,
-                              max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed, images=images)
-          for images in ("real", "blank")}
-    return {**ev["real"], "blank": ev["blank"]}
+    return with_control(model, cfg.eval_samples, **_size(stage), max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed)
+
+
+def _size(stage: Stage) -> dict:
+    return {"fixed_size": stage.fixed_size} if stage.resolution == "fixed" else {"max_tokens": stage.max_tokens}
 
 
 def _rank_checksums(accelerator, model) -> list[str]:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from minicomp.data.synthetic import SyntheticDataset
-from minicomp.evaluate import QUESTIONS, exact_match
+from minicomp.evaluate import QUESTIONS, exact_match, resolution_sweep
 
 
 class Recorder:
@@ -11,7 +11,7 @@ class Recorder:
     `right` questions of each call, "?" for the rest."""
 
     def __init__(self, truths, right):
-        self.truths, self.right, self.asked, self.training = truths, right, [], False
+        self.truths, self.right, self.asked, self.training, self.sizes = truths, right, [], False, []
 
     def eval(self):
         return self
@@ -21,6 +21,7 @@ class Recorder:
 
     def generate(self, images, prompts, **kw):
         self.asked += list(zip(images, prompts))
+        self.sizes.append({k: kw[k] for k in ("fixed_size", "max_tokens")})
         start = len(self.asked) - len(prompts)
         return [self.truths[start + i] if i < self.right else "?" for i in range(len(prompts))]
 
@@ -50,3 +51,13 @@ def test_exact_match_rejects_unknown_image_mode():
     with pytest.raises(ValueError, match="images='noise'"):
         exact_match(Recorder([], 0), 2, images="noise")
 
+
+
+def test_resolution_sweep_asks_the_same_questions_at_each_size_with_the_control():
+    rec = Recorder(_truths(3), right=0)
+    r = resolution_sweep(rec, {"fixed 64px": {"fixed_size": 64}, "native ≤16 tokens": {"max_tokens": 16}}, 3, batch=6)
+    assert list(r) == ["fixed 64px", "native ≤16 tokens"] and all(v["n"] == v["blank"]["n"] == 6 for v in r.values())
+    assert [s["fixed_size"] for s in rec.sizes] == [64, 64, None, None]  # real then blank, at each size
+    assert [s["max_tokens"] for s in rec.sizes][2:] == [16, 16]
+    prompts = [p for _, p in rec.asked]
+    assert prompts[:6] == prompts[6:12] == prompts[12:18] == prompts[18:]

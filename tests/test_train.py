@@ -15,6 +15,7 @@ import minicomp as mc
 import minicomp.checkpoint as mckpt
 import minicomp.train as mtrain
 from minicomp.config import PRESETS, TrainConfig, load_config
+from minicomp.report import stage_mode
 from minicomp.stages import Stage, apply_stage, check_order
 
 PART_NAMES = {"vision": "vision.", "merger": "merger.", "llm": "llm."}
@@ -137,8 +138,11 @@ def test_smoke_run_end_to_end(smoke_run):
     assert set(meta["evals"]) == {"I", "II-fixed", "II-native", "III"}
     for ev in meta["evals"].values():  # each stage is evaluated with real images and the blank control
         assert ev["n"] == ev["blank"]["n"] == 2 * cfg.eval_samples and 0 <= ev["blank"]["accuracy"] <= 1
+    modes = {stage_mode(s) for s in cfg.stages}  # the final model is asked at every stage's resolution
+    assert set(meta["by_resolution"]) == modes and all("blank" in ev for ev in meta["by_resolution"].values())
     report = (out / "report.md").read_text()
-    assert "blank images" in report and report.count(" / ") >= 6 * len(meta["evals"])
+    assert "blank images" in report and report.count(" / ") >= 7 * (len(meta["evals"]) + len(modes))
+    assert all(f"| {m} | " in report for m in modes)
     assert (out / "losses.png").is_file()
     assert len(mtrain.checkpoints(out)) == cfg.keep_checkpoints  # bounded
     assert sorted(p.name for p in (out / "stages").iterdir()) == sorted(meta["evals"])
