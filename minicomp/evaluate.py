@@ -18,8 +18,6 @@ from PIL import Image
 from .data.synthetic import QUESTIONS, SyntheticDataset
 
 
-
-
 @torch.no_grad()
 def exact_match(model, n: int = 90, fixed_size: int | None = None, max_tokens: int = 3000, batch: int = 16,
                 max_new_tokens: int = 12, seed: int = 0, images: str = "real") -> dict:
