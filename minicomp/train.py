@@ -215,6 +215,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
             end = step + 1 == steps
             if end or (cfg.save_every and (step + 1) % cfg.save_every == 0):
                 if end:
+                    bar.update(1)  # this last step, then close the bar before the evaluation:
+                    bar.close()  # its rate is the training steps' alone
                     meta["stage_minutes"][stage.name] = meta["stage_minutes"].get(stage.name, 0) + (time.time() - t_stage) / 60
                     meta["stage_index"], meta["step"] = si + 1, 0
                     if cfg.eval_samples and main:
