@@ -72,4 +72,5 @@ def _per_question(evals: list[tuple[str, dict]], title: str) -> str:
             + " | ".join(f"{ev['by_question'][k]:.2f} / {ev['blank']['by_question'][k]:.2f}" for k in kinds) + " |"
             for name, ev in evals]
     n = evals[0][1]["n"]
-    return f"\n\n{title}, real images / blank images ({n} questions, {n // len(kinds)} of each kind):\n\n" + "\n".join([head, *body])
+    return (f"\n\n{title}, real images / blank images ({n} questions, {n // len(kinds)} of each kind):\n\n"
+            + "\n".join([head, *body]))

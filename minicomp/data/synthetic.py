@@ -2,9 +2,9 @@
 in the spirit of the paper's text-rich benchmarks: documents, charts and scenes.
 
 Each sample has an image (PIL, its own size and aspect ratio), a caption for Stages I–II,
-LLaVA-style conversations (two questions in random order) with short exact-match answers for Stage III and evaluation, and its
-ground truth in `meta`. The detail is small on purpose (glyphs 8–11 px tall): a fixed low
-resolution destroys it, native resolution keeps it.
+LLaVA-style conversations (two questions, in random order) with short exact-match answers for
+Stage III and evaluation, and its ground truth in `meta`. The detail is small on purpose (glyphs
+8–11 px tall): a fixed low resolution destroys it, native resolution keeps it.
 
 Splits never overlap by construction: a sample's split is a hash of its content, so the same
 content can only ever fall in one split.
@@ -45,7 +45,8 @@ class Sample:
     image: Image.Image
     caption: str
     conversations: list[dict] = field(default_factory=list)  # [{"from": "human"|"gpt", "value": str}, ...]
-    meta: dict = field(default_factory=dict)  # family, id, split, size, glyph_px, ground truth, questions (kinds, in turn order)
+    meta: dict = field(default_factory=dict)  # family, id, split, size, glyph_px, ground truth,
+    #                                            questions (their kinds, in turn order)
 
 
 def _size(rng: np.random.Generator, area: tuple[int, int]) -> tuple[int, int]:
