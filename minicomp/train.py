@@ -5,7 +5,7 @@
 
 Each stage starts from the previous stage's weights. Data order is a fixed function of the seed
 and the step, so `--resume` continues mid-stage exactly where the run stopped (checkpoints:
-`minicomp.checkpoint`; the report: `minicomp.report`).
+`minicomp.checkpoint`; the report: `minicomp.report`; the stage data: `minicomp.stage_data`).
 """
 from __future__ import annotations
 
@@ -22,74 +22,17 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from safetensors.torch import load_model
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .config import PRESETS, TrainConfig, load_config
-from .data.collate import collate
-from .data.llava import LlavaDataset
-from .data.prior import count_tokens
-from .data.synthetic import SyntheticDataset
 from .evaluate import resolution_sweep, with_control
 from .model import CoMPModel
 from .checkpoint import checkpoints, save_checkpoint
 from .report import stage_mode, write_report
+from .stage_data import StepBatches, build_dataset, resolve_data, sample_order, word_prior_counts
 from .stages import Stage, apply_stage
-
-
-# ---- data -----------------------------------------------------------------------------------
-
-def resolve_data(cfg: TrainConfig, data_root: str | Path | None) -> dict[str, dict]:
-    """Absolute paths for every file dataset; missing files are an error before anything loads."""
-    out = {}
-    for key, spec in cfg.data.items():
-        spec = dict(spec)
-        if "path" in spec:
-            for k in ("path", "image_root"):
-                if spec.get(k) and not Path(spec[k]).is_absolute():
-                    if data_root is None:
-                        raise ValueError(f"data.{key}.{k} = {spec[k]!r} is relative: pass --data DIR (the folder it is in)")
-                    spec[k] = str(Path(data_root) / spec[k])
-            if not Path(spec["path"]).is_file():
-                raise FileNotFoundError(f"data.{key}: {spec['path']} does not exist (stage data must be in place "
-                                        f"before training starts)")
-        out[key] = spec
-    return out
-
-
-def build_dataset(spec: dict, seed: int):
-    if "synthetic" in spec:
-        return SyntheticDataset(spec.get("split", "train"), int(spec["synthetic"]), seed=spec.get("seed", seed),
-                                task=spec.get("task", "qa"))
-    return LlavaDataset(spec["path"], image_root=spec.get("image_root"))
-
-
-def sample_order(n: int, total: int, seed: int) -> list[int]:
-    """`total` sample indices: successive seeded permutations of range(n) (epochs)."""
-    g = torch.Generator().manual_seed(seed)
-    out: list[int] = []
-    while len(out) < total:
-        out += torch.randperm(n, generator=g).tolist()
-    return out[:total]
-
-
-class StepBatches(Dataset):
-    """Item k: this process's k-th micro-batch of the stage, a pure function of k. Global step s
-    takes samples order[s·G : (s+1)·G], split over accumulation steps and processes."""
-
-    def __init__(self, ds, proc, order, global_batch, micro, rank, world, pad_id):
-        self.ds, self.proc, self.order, self.G, self.m = ds, proc, order, global_batch, micro
-        self.rank, self.world, self.pad_id = rank, world, pad_id
-        self.accum = global_batch // (micro * world)
-
-    def __len__(self) -> int:
-        return len(self.order) // self.G * self.accum
-
-    def __getitem__(self, k: int):
-        step, a = divmod(k, self.accum)
-        start = step * self.G + (a * self.world + self.rank) * self.m
-        return collate([self.proc(self.ds[i]) for i in self.order[start:start + self.m]], self.pad_id)
 
 
 # ---- the loop -------------------------------------------------------------------------------
@@ -97,20 +40,6 @@ class StepBatches(Dataset):
 def _log_line(path: Path, record: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
-
-
-def word_prior_counts(cfg: TrainConfig, data: dict, model, say) -> torch.Tensor | None:
-    if cfg.word_prior is None:
-        return None
-    if cfg.word_prior != "auto":
-        from .data.prior import load_counts
-        return load_counts(cfg.word_prior)
-    stage2 = [s for s in cfg.stages if s.name.startswith("II")] or cfg.stages
-    ds = build_dataset(data[stage2[0].data], cfg.seed)
-    n = min(cfg.prior_samples, len(ds))
-    say(f"word prior: counting the tokens of {n:,} captions of data '{stage2[0].data}'")
-    texts = ("\n".join(t["value"] for t in ds[i].conversations if t["from"] == "gpt") for i in range(n))
-    return count_tokens(texts, model.tokenizer, total=n)
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: str | Path | None = None,

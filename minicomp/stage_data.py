@@ -1,0 +1,84 @@
+"""The data of each stage, as the training loop uses it: data paths resolved (and checked) before
+any model loads, datasets built from the config, a deterministic sample order, the step batches
+that make a run resumable mid-stage, and the token counts for the word prior."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .config import TrainConfig
+from .data.collate import collate
+from .data.llava import LlavaDataset
+from .data.prior import count_tokens
+from .data.synthetic import SyntheticDataset
+
+
+def resolve_data(cfg: TrainConfig, data_root: str | Path | None) -> dict[str, dict]:
+    """Absolute paths for every file dataset; missing files are an error before anything loads."""
+    out = {}
+    for key, spec in cfg.data.items():
+        spec = dict(spec)
+        if "path" in spec:
+            for k in ("path", "image_root"):
+                if spec.get(k) and not Path(spec[k]).is_absolute():
+                    if data_root is None:
+                        raise ValueError(f"data.{key}.{k} = {spec[k]!r} is relative: pass --data DIR (the folder it is in)")
+                    spec[k] = str(Path(data_root) / spec[k])
+            if not Path(spec["path"]).is_file():
+                raise FileNotFoundError(f"data.{key}: {spec['path']} does not exist (stage data must be in place "
+                                        f"before training starts)")
+        out[key] = spec
+    return out
+
+
+def build_dataset(spec: dict, seed: int):
+    """One entry of the config's `data` -> an indexable dataset of `Sample`s (toy or LLaVA format)."""
+    if "synthetic" in spec:
+        return SyntheticDataset(spec.get("split", "train"), int(spec["synthetic"]), seed=spec.get("seed", seed),
+                                task=spec.get("task", "qa"))
+    return LlavaDataset(spec["path"], image_root=spec.get("image_root"))
+
+
+def sample_order(n: int, total: int, seed: int) -> list[int]:
+    """`total` sample indices: successive seeded permutations of range(n) (epochs)."""
+    g = torch.Generator().manual_seed(seed)
+    out: list[int] = []
+    while len(out) < total:
+        out += torch.randperm(n, generator=g).tolist()
+    return out[:total]
+
+
+class StepBatches(Dataset):
+    """Item k: this process's k-th micro-batch of the stage, a pure function of k. Global step s
+    takes samples order[s·G : (s+1)·G], split over accumulation steps and processes."""
+
+    def __init__(self, ds, proc, order, global_batch, micro, rank, world, pad_id):
+        self.ds, self.proc, self.order, self.G, self.m = ds, proc, order, global_batch, micro
+        self.rank, self.world, self.pad_id = rank, world, pad_id
+        self.accum = global_batch // (micro * world)
+
+    def __len__(self) -> int:
+        return len(self.order) // self.G * self.accum
+
+    def __getitem__(self, k: int):
+        step, a = divmod(k, self.accum)
+        start = step * self.G + (a * self.world + self.rank) * self.m
+        return collate([self.proc(self.ds[i]) for i in self.order[start:start + self.m]], self.pad_id)
+
+
+def word_prior_counts(cfg: TrainConfig, data: dict, model, say) -> torch.Tensor | None:
+    """Token counts (K,) for the word prior: from `cfg.word_prior`'s file, or counted in the answers
+    of the first Stage II data ("auto"); None for a uniform prior."""
+    if cfg.word_prior is None:
+        return None
+    if cfg.word_prior != "auto":
+        from .data.prior import load_counts
+        return load_counts(cfg.word_prior)
+    stage2 = [s for s in cfg.stages if s.name.startswith("II")] or cfg.stages
+    ds = build_dataset(data[stage2[0].data], cfg.seed)
+    n = min(cfg.prior_samples, len(ds))
+    say(f"word prior: counting the tokens of {n:,} captions of data '{stage2[0].data}'")
+    texts = ("\n".join(t["value"] for t in ds[i].conversations if t["from"] == "gpt") for i in range(n))
+    return count_tokens(texts, model.tokenizer, total=n)
