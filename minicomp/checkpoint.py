@@ -5,10 +5,23 @@ and a meta.json (stage, step, evaluations), written last."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 from safetensors.torch import save_file
+
+
+class _TiedWeightsNote(logging.Filter):
+    """accelerate's `save_state` warns at every save that it stored a tied tensor once ("Removed
+    shared tensor {'llm.lm_head.weight'}"). For an LLM with tied embeddings that is expected, and
+    exact resume is tested, so the note is dropped; any other accelerate message still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
 
 def checkpoints(out: Path) -> list[Path]:

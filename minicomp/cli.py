@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,19 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--synthetic", type=int, metavar="N", help="the first N toy-world training captions")
     prior.add_argument("--image-root", default=None, help="image folder of --data (records are validated)")
     prior.add_argument("--out", required=True, help="output .safetensors file with a `counts` tensor")
+    ev = sub.add_parser("eval", help="evaluate a trained model: exact match with controls, resolution sweep, VFM probes")
+    ev.add_argument("path", help="a run directory (minicomp train --out) or a saved CoMPModel folder")
+    ev.add_argument("--only", nargs="+", choices=("qa", "sweep", "probes"), default=None, help="run only these parts")
+    ev.add_argument("--samples", type=int, default=150, help="test samples (two questions each)")
+    ev.add_argument("--max-tokens", type=int, default=64, help="the model's own native budget (merged tokens)")
+    ev.add_argument("--budgets", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="native budgets of the sweep")
+    ev.add_argument("--out", default=None, help="output folder (default: the run directory)")
+    ask = sub.add_parser("ask", help="ask a trained model one question about one image file")
+    ask.add_argument("model", help="a run directory or a saved CoMPModel folder")
+    ask.add_argument("image", help="an image file")
+    ask.add_argument("question")
+    ask.add_argument("--max-tokens", type=int, default=64, help="native budget (merged visual tokens)")
+    ask.add_argument("--fixed-size", type=int, default=None, help="squash to this square instead")
     toy = sub.add_parser("toy", help="the toy world's models")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     build = toy_sub.add_parser("build", help="rebuild the toy LLM and both toy VFMs from scratch (~10 min on 2 cores)")
@@ -43,11 +57,24 @@ def main(argv: list[str] | None = None) -> int:
         _prior(args)
     elif args.command == "toy":
         _toy_build(args)
+    elif args.command == "eval":
+        from .assess import PARTS, assess
+        try:
+            r = assess(args.path, tuple(args.only or PARTS), n=args.samples, max_tokens=args.max_tokens,
+                       budgets=tuple(args.budgets), out=args.out)
+        except (FileNotFoundError, ValueError) as e:
+            parser.exit(2, f"minicomp eval: error: {e}\n")
+        print(Path(r["out"], "eval.md").read_text() + f"\nwrote eval.json, eval.md and figures to {r['out']}")
+    elif args.command == "ask":
+        from .assess import ask as ask_one
+        try:
+            print(ask_one(args.model, args.image, args.question, max_tokens=args.max_tokens,
+                          fixed_size=args.fixed_size))
+        except (FileNotFoundError, ValueError) as e:
+            parser.exit(2, f"minicomp ask: error: {e}\n")
     return 0
 
-
 def _toy_build(args) -> None:
-    from pathlib import Path
 
     import time
 
@@ -65,13 +92,23 @@ def _toy_build(args) -> None:
     for kind in ("vision", "siglip"):
         if kind in todo:
             log = build_toy_vfm(kind, out / kind, tokenizer=tokenizer, steps=args.vfm_steps)
-            acc, rnd = log["probe_accuracy"], log["probe_accuracy_random_init"]
-            extra = (f", zero-shot retrieval top-1 of 100: {log['retrieval_top1_of_100']:.2f}"
+            extra = (f"; zero-shot retrieval top-1 of 100: {log['retrieval_top1_of_100']:.2f}"
                      if "retrieval_top1_of_100" in log else "")
-            print(f"toy VFM ({kind}): {log['parameters']:,} parameters at {log['resolution']}px; linear probes "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in acc.items())
-                  + f" (random weights: mean {rnd['mean']:.2f}){extra} in {log['minutes']:.1f} min -> {out / kind}")
+            print(f"toy VFM ({kind}): {log['parameters']:,} parameters, pretrained at {log['resolution']}px in "
+                  f"{log['minutes']:.1f} min -> {out / kind}{extra}")
+            print(_probe_table(log))
     print(f"total {(time.time() - t0) / 60:.1f} min")
+
+
+def _probe_table(log: dict) -> str:
+    """The build log's probes as a text table: pretrained / random weights, per resolution."""
+    res = list(log["probes"])
+    keys = list(log["probes"][res[0]])
+    rows = [f"  {'probe':<14}" + "".join(f"{r:>26}" for r in res)]
+    for k in keys:
+        rows.append(f"  {k:<14}" + "".join(f"{log['probes'][r][k]:>13.2f} / {log['probes_random_init'][r][k]:.2f} (rnd)"
+                                           for r in res))
+    return "\n".join(rows)
 
 
 def _prior(args) -> None:

@@ -7,7 +7,7 @@ names the key, raised before anything is loaded or trained.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -37,7 +37,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 1
     eval_samples: int = 0  # held-out toy questions asked after each stage (0: no evaluation)
-    eval_max_new_tokens: int = 12
+    eval_max_new_tokens: int = 6  # answers are one to three tokens
+    eval_budgets: list[int] = field(default_factory=list)  # native token budgets the final model is also asked at
     num_workers: int = 0
 
     def __post_init__(self):
@@ -190,7 +191,8 @@ def _tiny() -> TrainConfig:
                       data="qa", steps=400)],
         data={"caption": {"synthetic": 20000, "task": "caption"}, "mid": {"synthetic": 20000, "task": "mix"},
               "qa": {"synthetic": 20000, "task": "qa"}},
-        global_batch=16, micro_batch=8, warmup_ratio=0.05, eval_samples=150, prior_samples=2000)
+        global_batch=16, micro_batch=8, warmup_ratio=0.05, eval_samples=150, prior_samples=2000,
+        eval_budgets=[16, 32, 64, 128, 256])
 
 
 def _smoke() -> TrainConfig:
@@ -202,6 +204,7 @@ def _smoke() -> TrainConfig:
         s.fixed_size = 64 if s.resolution == "fixed" else s.fixed_size
     cfg.data = {k: {**v, "synthetic": 64} for k, v in cfg.data.items()}
     cfg.global_batch, cfg.micro_batch, cfg.eval_samples, cfg.prior_samples = 4, 2, 6, 50
+    cfg.eval_budgets = [8, 32]
     return cfg
 
 

@@ -49,7 +49,19 @@ def write_report(out: Path, cfg: TrainConfig, meta: dict) -> str:
     table = "\n".join(lines) + _per_question([(s.name, meta["evals"][s.name]) for s in cfg.stages
                                                if s.name in meta["evals"]], "Exact match per question after each stage")
     if meta.get("by_resolution"):
-        table += _per_question(list(meta["by_resolution"].items()), "The final model at each stage's resolution")
+        sweep = meta["by_resolution"]
+        table += _per_question(list(sweep.items()), "The final model at every resolution")
+        final = sweep.get(stage_mode(cfg.stages[-1]))
+        fixed = [(k, v) for k, v in sweep.items() if k.startswith("fixed")]
+        if final is not None:
+            table += (f"\n\nThe final model at its own resolution ({stage_mode(cfg.stages[-1])}), per kind:\n\n"
+                      + kind_table(final) + "\n\nWhat it shows (paired over the same questions):\n\n"
+                      + "\n".join(effect_lines(final, *(fixed[0][::-1] if fixed else (None, "")))))
+        from .viz.sweep import plot_sweep
+        fig = plot_sweep(sweep)
+        fig.savefig(out / "sweep.png", dpi=110)
+        plt.close(fig)
+        table += "\n\n![resolution sweep](sweep.png)"
     (out / "report.md").write_text(f"# minicomp run: {cfg.name}\n\n{table}\n\n![losses](losses.png)\n\n"
                                    f"Final model: `model/` (load with `minicomp.CoMPModel.from_pretrained`). "
                                    f"Per-stage models: `stages/`. Metrics: `metrics.jsonl`.\n")
@@ -63,14 +75,40 @@ def _ends(rows: list[dict], key: str) -> tuple[float, float]:
 
 
 def _per_question(evals: list[tuple[str, dict]], title: str) -> str:
-    """A markdown table: one row per (name, exact-match result), all and per question, "real / blank"."""
+    """A markdown table: one row per (name, exact-match result): all, reading, and each kind,
+    "real / blank"; the header gives each kind's chance level and n."""
     if not evals:
         return ""
-    kinds = list(evals[0][1]["by_question"])
-    head = "| | all | " + " | ".join(kinds) + " |\n|---|---|" + "---|" * len(kinds)
-    body = [f"| {name} | {ev['accuracy']:.3f} / {ev['blank']['accuracy']:.3f} | "
-            + " | ".join(f"{ev['by_question'][k]:.2f} / {ev['blank']['by_question'][k]:.2f}" for k in kinds) + " |"
+    bq = evals[0][1]["by_question"]
+    kinds = ["all", "reading"] + [k for k in bq if k not in ("all", "reading")]
+    head = ("| | " + " | ".join(f"{k} (n {bq[k]['n']}, chance {bq[k]['chance']:.2f})" for k in kinds)
+            + " |\n|---|" + "---|" * len(kinds))
+    body = [f"| {name} | " + " | ".join(f"{ev['by_question'][k]['accuracy']:.2f} / "
+                                         f"{ev['blank']['by_question'][k]['accuracy']:.2f}" for k in kinds) + " |"
             for name, ev in evals]
-    n = evals[0][1]["n"]
-    return (f"\n\n{title}, real images / blank images ({n} questions, {n // len(kinds)} of each kind):\n\n"
-            + "\n".join([head, *body]))
+    return f"\n\n{title}, real images / blank images:\n\n" + "\n".join([head, *body])
+
+
+def effect_lines(final: dict, fixed: dict | None, fixed_label: str = "") -> list[str]:
+    """The claims in numbers: the final model's reading accuracy against blank images and against
+    the fixed low-resolution square, as paired differences with standard errors."""
+    r = final["by_question"]["reading"]
+    lines = [f"- reading kinds (n {r['n']}, chance {r['chance']:.2f}): real images {r['accuracy']:.3f} "
+             f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}], blank images {final['blank']['by_question']['reading']['accuracy']:.3f}"]
+    d = final["vs_blank"]["reading"]
+    lines.append(f"- real − blank: {d['diff']:+.3f} ± {d['se']:.3f} (z = {d['z']:.1f})")
+    if fixed is not None:
+        from .evaluate import compare
+        d = compare(final, fixed)["reading"]
+        lines.append(f"- native − {fixed_label}: {d['diff']:+.3f} ± {d['se']:.3f} (z = {d['z']:.1f}); "
+                     f"{fixed_label} scores {fixed['by_question']['reading']['accuracy']:.3f}")
+    return lines
+
+
+def kind_table(ev: dict) -> str:
+    """One result in detail: per kind n, chance, real accuracy with its Wilson 95% interval, blank."""
+    rows = ["| kind | n | chance | real images [95% interval] | blank images |", "|---|---|---|---|---|"]
+    for k, s in ev["by_question"].items():
+        rows.append(f"| {k} | {s['n']} | {s['chance']:.2f} | {s['accuracy']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] | "
+                    f"{ev['blank']['by_question'][k]['accuracy']:.2f} |")
+    return "\n".join(rows)

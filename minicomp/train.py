@@ -152,9 +152,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                         meta["evals"][stage.name] = _evaluate(model, stage, cfg)
                         ev = meta["evals"][stage.name]
                         say(f"stage {stage.name}: exact match {ev['accuracy']:.3f} (blank images "
-                            f"{ev['blank']['accuracy']:.3f}) on {ev['n']} held-out questions ({stage_mode(stage)}): "
-                            + ", ".join(f"{k} {v:.2f} ({ev['blank']['by_question'][k]:.2f})"
-                                        for k, v in ev["by_question"].items()))
+                            f"{ev['blank']['accuracy']:.3f}) on {ev['n']} held-out questions ({stage_mode(stage)}); "
+                            "real (blank, chance): " + ", ".join(
+                                f"{k} {v['accuracy']:.2f} ({ev['blank']['by_question'][k]['accuracy']:.2f}, "
+                                f"{v['chance']:.2f})" for k, v in ev["by_question"].items() if k != "all"))
                     meta = _broadcast(accelerator, meta)
                     meta["rank_checksums"] = _rank_checksums(accelerator, model)
                 save_checkpoint(accelerator, wrapped, out, meta, cfg.keep_checkpoints)
@@ -165,8 +166,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                 return meta
         bar.close()
     if main:
-        if cfg.eval_samples:  # the final model at every stage's resolution: what resolution alone changes
-            sizes = {stage_mode(s): _size(s) for s in cfg.stages}
+        if cfg.eval_samples:  # the final model at every stage's resolution and every budget of eval_budgets:
+            sizes = {stage_mode(s): _size(s) for s in cfg.stages}  # what resolution alone changes
+            sizes.update({f"native ≤{b} tokens": {"max_tokens": b} for b in cfg.eval_budgets})
             meta["by_resolution"] = resolution_sweep(model, sizes, cfg.eval_samples,
                                                      max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed)
         model.save_pretrained(out / "model")

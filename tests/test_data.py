@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from minicomp.data import FAMILIES, SyntheticDataset, budget_size, resize_fixed, resize_to_budget, to_tensor
-from minicomp.data.synthetic import QUESTIONS, _content_bucket
+from minicomp.data.synthetic import (COLORS, GLYPHS, QUESTIONS, READING, WORDS, _content_bucket, chance_levels,
+                                     glyph_patch_labels, glyph_patches, make_sample)
 
 
 def test_same_seed_same_samples_and_another_seed_differs():
@@ -26,7 +27,7 @@ def test_splits_never_overlap():
             assert seen.setdefault(s.caption, split) == split, f"{s.caption!r} in {split} and {seen[s.caption]}"
     # the split is a function of the content: recomputing the bucket agrees
     s = SyntheticDataset("val", 1)[0]
-    m = {k: v for k, v in s.meta.items() if k not in ("id", "split", "questions")}  # added after the draw
+    m = {k: v for k, v in s.meta.items() if k not in ("id", "split", "questions", "glyphs")}  # added after the draw
     assert _content_bucket(m) == 8
 
 
@@ -58,22 +59,60 @@ def test_answers_follow_the_ground_truth():
     for s in (SyntheticDataset("test", 30, seed=3)[i] for i in range(30)):
         m = s.meta
         a = dict(zip(m["questions"], (t["value"] for t in s.conversations[1::2])))  # kind -> answer
+        drawn = "".join(g[0] for g in m.get("glyphs", []))
         if m["family"] == "document":
-            assert a["line"] in m["lines"] and a["lines"] == str(len(m["lines"]))
-            assert 8 <= m["glyph_px"] <= 11  # small glyphs
+            assert a["title"] == m["lines"][0] and a["title"] in WORDS and a["lines"] == str(len(m["lines"]))
+            assert drawn == "".join(m["lines"]).replace(" ", "")  # every letter drawn, in reading order
         elif m["family"] == "chart":
-            assert int(a["value"]) in m["values"]
-            assert a["tallest"] == m["labels"][int(np.argmax(m["values"]))]
+            assert a["longest"] == m["labels"][int(np.argmax(m["lengths"]))]
+            assert a["bars"] == str(len(m["labels"])) and drawn == "".join(m["labels"])
         else:
-            assert a["colour"] in [o["color"] for o in m["objects"]] and a["shapes"] == str(len(m["objects"]))
+            asked = [o for o in m["objects"] if o["shape"] == m["ask"]]
+            assert len(asked) == 1 and a["colour"] == asked[0]["color"]  # "the circle" names one shape
+            assert a["shapes"] == str(len(m["objects"]))
             xs = [o["x"] for o in m["objects"]]
             assert xs == sorted(xs)  # "from left to right" is true
+        for ans in a.values():
+            assert len(ans.split()) == 1 and len(ans) <= 6  # short: a number, a word, a letter or a colour
 
 
-def test_fixed_low_resolution_destroys_the_glyphs():
-    docs = [s for s in (SyntheticDataset("train", 30, family="document")[i] for i in range(30))]
-    shrunk = [s.meta["glyph_px"] * 64 / s.image.height for s in docs]  # glyph height after a 64 px resize
-    assert np.median(shrunk) < 3.0  # unreadable, against 8-11 px at native resolution
+def _glyph_patches(family, n=60):
+    """Glyph (height, width) in patches per document/chart at the native budget and at the
+    fixed 64 px square -> (n, 4): native h, w, fixed h, w."""
+    rows = []
+    for i in range(n):
+        m = make_sample(0, "train", i, family=family).meta
+        W, H = m["size"]
+        rows.append(glyph_patches(m, budget_size(H, W, 8, 2, 4, 64), 8) + glyph_patches(m, (64, 64), 8))
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("family", ["document", "chart"])
+def test_glyphs_legible_at_the_native_budget_and_not_after_the_fixed_square(family):
+    g = _glyph_patches(family)
+    assert np.median(g[:, 0]) >= 0.9 and g[:, 0].min() >= 0.7  # about a patch tall at 64 tokens
+    squeezed = np.minimum(g[:, 2], g[:, 3]) < 0.5  # below half a patch on at least one axis at 64 px
+    assert squeezed.mean() >= (0.9 if family == "document" else 0.7)
+
+
+def test_glyph_patch_labels_put_each_glyph_in_its_patch():
+    m = {"size": (32, 16), "glyphs": [["a", 1, 1, 7, 7], ["B", 17, 9, 23, 15], ["e", 16, 8, 18, 10]]}
+    lab = glyph_patch_labels(m, (16, 32), 8)
+    assert lab.shape == (2, 4) and lab[0, 0] == GLYPHS.index("a")
+    assert lab[1, 2] == GLYPHS.index("B")  # the larger of the two boxes centred in that patch
+    assert (lab >= 0).sum() == 2
+    assert glyph_patch_labels(m, (32, 64), 8)[1, 1] == GLYPHS.index("a")  # centre (4, 4) -> (8, 8) at 2×
+    assert glyph_patches(m, (32, 64), 8) == (1.5, 1.5)  # median box 6 px at native, 12 px at 2×
+
+
+def test_answers_are_balanced_and_chance_is_the_best_constant_answer():
+    levels = chance_levels()
+    k = {"document/title": len(WORDS), "document/lines": 4, "chart/longest": 8, "chart/bars": 4,
+         "scene/colour": len(COLORS), "scene/shapes": 4}
+    assert set(levels) == set(k)
+    for kind, n_answers in k.items():  # uniform answers: the best constant guess is right 1/K of the time
+        assert levels[kind] == pytest.approx(1 / n_answers, abs=0.03), kind
+    assert set(READING) <= set(levels)
 
 
 @pytest.mark.parametrize("hw", [(1000, 250), (250, 1000), (37, 53), (4000, 3000), (28, 28), (10, 2000)])

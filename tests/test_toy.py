@@ -9,8 +9,9 @@ from minicomp.cli import main
 from minicomp.data import make_sample, resize_fixed, to_tensor
 from minicomp.toy import TOY_LLM_PATH, TOY_VFM_PATHS
 from minicomp.toy.llm import _stream, evaluate, toy_texts
-from minicomp.toy.vfm import (ATTRIBUTES, attribute, build_toy_vfm, create_toy_vit, measure_probes, pooled_features,
-                              probe_images)
+from minicomp.toy.probes import probe_accuracy
+from minicomp.toy.vfm import (ATTRIBUTES, attribute, build_toy_vfm, create_toy_vit, glyph_crops, measure_probes,
+                              pooled_features, probe_images)
 
 
 def test_shipped_toy_llm_loads_like_a_hub_model_and_is_trained():
@@ -39,14 +40,27 @@ def test_toy_build_from_scratch_smoke(tmp_path):
 
 
 def test_attributes_by_hand():
-    chart = {"family": "chart", "labels": ["A", "B", "C", "D", "E", "F"], "values": [5, 9, 1, 2, 80, 3]}
-    assert [attribute(chart, a) for a in ATTRIBUTES] == [1, 6, -1, 2, -1]  # tallest: bar 4 of 6 -> right third
+    chart = {"family": "chart", "labels": ["A", "B", "C", "D", "E", "F"], "lengths": [5, 9, 1, 2, 80, 3]}
+    assert list(ATTRIBUTES) == ["family", "count", "left_colour", "longest_third", "title", "longest_label"]
+    assert [attribute(chart, a) for a in ATTRIBUTES] == [1, 6, -1, 2, -1, 4]  # longest: bar 5 of 6, "E"
     scene = {"family": "scene", "objects": [{"color": "blue"}, {"color": "red"}]}
-    assert [attribute(scene, a) for a in ATTRIBUTES] == [2, 2, 2, -1, -1]  # blue is colour 2
-    doc = {"family": "document", "lines": ["x"] * 11}
-    assert [attribute(doc, a) for a in ATTRIBUTES] == [0, -1, -1, -1, 2]
+    assert [attribute(scene, a) for a in ATTRIBUTES] == [2, 2, 2, -1, -1, -1]  # blue is colour 2
+    doc = {"family": "document", "lines": ["omega", "x y", "z"]}
+    assert [attribute(doc, a) for a in ATTRIBUTES] == [0, 3, -1, -1, 4, -1]  # omega is word 4
     with pytest.raises(ValueError, match="'size'"):
         attribute(doc, "size")
+
+
+def test_probes_recover_a_planted_signal_and_not_random_labels():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 5, (600,), generator=g)
+    x = torch.randn(600, 32, generator=g)
+    x[:, :5] += 2.0 * torch.nn.functional.one_hot(y, 5)  # the class, planted in five of 32 features
+    shuffled = y[torch.randperm(600, generator=g)]  # labels that carry no signal
+    labels = torch.stack([y, shuffled], 1).repeat(1, 3)[:, :len(ATTRIBUTES)]  # (600, A)
+    acc = probe_accuracy(x[:400], labels[:400], x[400:], labels[400:])
+    assert acc["family"] > 0.9  # planted: found
+    assert abs(acc["count"] - 0.2) < 0.1  # random labels: chance (1/5), not more
 
 
 def test_pooled_features_equal_timm_at_the_pretraining_resolution():
@@ -64,21 +78,35 @@ def test_shipped_toy_vfm_loads_like_a_hub_model_and_is_trained(kind):
     assert vit.pretrained_cfg["input_size"] == (3, 64, 64) and isinstance(vit.pos_embed, torch.nn.Parameter)
     assert vit.num_prefix_tokens == (1 if kind == "vision" else 0)
     log = json.loads((TOY_VFM_PATHS[kind] / "build_log.json").read_text())
-    if kind == "vision":  # supervised on the attributes: its probes beat random weights
-        assert log["probe_accuracy"]["mean"] > log["probe_accuracy_random_init"]["mean"] + 0.03
-    else:  # learned its contrastive task: chance is 0.01 (its probes do not beat random weights: see README)
+    fixed, native = log["probes"]["fixed 64px"], log["probes"]["native <=256 patches"]
+    rnd = log["probes_random_init"]["fixed 64px"]
+    if kind == "vision":  # supervised on layout: its probes at 64 px beat random weights
+        assert fixed["mean"] > rnd["mean"] + 0.03
+    else:  # learned its contrastive task: chance is 0.01
         assert log["retrieval_top1_of_100"] > 0.08
+    assert native["glyph"] > fixed["glyph"] + 0.2  # glyphs are legible at the native budget, not at 64 px
+    assert native["glyph"] > log["probes_random_init"]["native <=256 patches"]["glyph"] + 0.1  # and it reads them
     # recompute on fresh held-out samples: the shipped weights give the logged quality
     train, test = probe_images("train", 600, seed=5), probe_images("test", 300, seed=5)
-    acc = measure_probes(vit, train, test)
-    assert acc["family"] > 0.9 and acc["mean"] > log["probe_accuracy"]["mean"] - 0.08
+    acc = measure_probes(vit, train, test, glyphs=False)
+    assert acc["family"] > 0.9 and acc["mean"] > fixed["mean"] - 0.08
+
+
+def test_glyph_crops_hold_glyphs_with_their_patch_labels():
+    crops, labels, texts = glyph_crops("train", 6)
+    assert crops.shape == (6, 3, 64, 64) and crops.dtype == torch.uint8 and labels.shape == (6, 2, 8, 8)
+    for c, (glyph, word), t in zip(crops, labels, texts):
+        assert (glyph >= 0).any() and len(t.split()) == int((glyph >= 0).sum())  # each crop shows a glyph
+        ink = (c.float().mean(0) < 128).view(8, 8, 8, 8).permute(0, 2, 1, 3).any(-1).any(-1)  # (8, 8) dark pixels
+        assert ink[glyph >= 0].all()  # a patch with a glyph's centre has ink in it
+        assert ((word >= 0) | (glyph < 0)).all()  # and lies in a word
 
 
 def test_build_toy_vfm_smoke(tmp_path):
     for kind in ("vision", "siglip"):
         log = build_toy_vfm(kind, tmp_path / kind, tokenizer=TOY_LLM_PATH, steps=2, batch=8, n_train=24,
                             n_probe=30, n_test=30)
-        assert log["steps"] == 2 and 0 <= log["probe_accuracy"]["mean"] <= 1
+        assert log["steps"] == 2 and 0 <= log["probes"]["fixed 64px"]["mean"] <= 1
         vit = timm.create_model(f"local-dir:{tmp_path / kind}", pretrained=True).eval()
         img = to_tensor(resize_fixed(make_sample(0, "test", 0).image, 64), vit.pretrained_cfg["mean"],
                         vit.pretrained_cfg["std"])

@@ -138,12 +138,13 @@ def test_smoke_run_end_to_end(smoke_run):
     assert set(meta["evals"]) == {"I", "II-fixed", "II-native", "III"}
     for ev in meta["evals"].values():  # each stage is evaluated with real images and the blank control
         assert ev["n"] == ev["blank"]["n"] == 2 * cfg.eval_samples and 0 <= ev["blank"]["accuracy"] <= 1
-    modes = {stage_mode(s) for s in cfg.stages}  # the final model is asked at every stage's resolution
+    modes = {stage_mode(s) for s in cfg.stages} | {f"native ≤{b} tokens" for b in cfg.eval_budgets}
     assert set(meta["by_resolution"]) == modes and all("blank" in ev for ev in meta["by_resolution"].values())
-    report = (out / "report.md").read_text()
-    assert "blank images" in report and report.count(" / ") >= 7 * (len(meta["evals"]) + len(modes))
-    assert all(f"| {m} | " in report for m in modes)
-    assert (out / "losses.png").is_file()
+    report = (out / "report.md").read_text()  # per kind: real / blank, with n and chance in the header
+    assert "blank images" in report and report.count(" / ") >= 8 * (len(meta["evals"]) + len(modes))
+    assert all(f"| {m} | " in report for m in modes) and "chance" in report and "95% interval" in report
+    assert "real − blank" in report and "native − fixed 64px" in report  # the two claims, paired, with z
+    assert (out / "losses.png").is_file() and (out / "sweep.png").is_file()
     assert len(mtrain.checkpoints(out)) == cfg.keep_checkpoints  # bounded
     assert sorted(p.name for p in (out / "stages").iterdir()) == sorted(meta["evals"])
     assert list((out / "runs").rglob("events.out.tfevents*")) or list(out.rglob("events.out.tfevents*"))
@@ -266,3 +267,44 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):
     trained = [k for k in wa if k.startswith("merger.")]  # Stage I trains the merger: it did move
     init = mc.CoMPModel.from_preset("tiny").state_dict()
     assert not all(torch.equal(wa[k], init[k]) for k in trained if k in init)
+
+
+def test_eval_command_on_the_smoke_run(smoke_run, tmp_path, capsys):
+    out, _, _ = smoke_run
+    from minicomp.cli import main
+    assert main(["eval", str(out), "--samples", "3", "--budgets", "8", "16", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads((tmp_path / "eval.json").read_text())
+    assert set(r) >= {"qa", "sweep", "probes", "native_vs_fixed"}
+    assert r["qa"]["n"] == 6 and {"ci", "chance", "n"} <= set(r["qa"]["by_question"]["reading"])
+    assert set(r["sweep"]) == {"fixed 64px", "fixed 128px", "native ≤8 tokens", "native ≤16 tokens"}
+    assert set(r["probes"]) == {"original toy VFM", "CoMP-trained"}
+    assert "glyph" in r["probes"]["CoMP-trained"]["native <=256 patches"]
+    assert (tmp_path / "sweep.png").is_file() and "Resolution sweep" in printed and "blank images" in printed
+
+
+def test_eval_and_ask_errors_name_the_path(smoke_run, tmp_path, capsys):
+    from minicomp.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(tmp_path / "nothing")])
+    assert e.value.code == 2 and "nothing: no such file" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        main(["ask", str(tmp_path / "empty"), "x.png", "What?"])
+    assert "neither a saved CoMPModel" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ask", str(smoke_run[0]), str(tmp_path / "missing.png"), "What?"])
+    assert "missing.png: no such image file" in capsys.readouterr().err
+
+
+def test_ask_answers_about_an_image_file(smoke_run, tmp_path, capsys):
+    from minicomp.assess import ask
+    from minicomp.cli import main
+    s = mc.data.SyntheticDataset("test", 1)[0]
+    s.image.save(tmp_path / "doc.png")
+    assert main(["ask", str(smoke_run[0]), str(tmp_path / "doc.png"), "What is the title of the document?"]) == 0
+    answer = capsys.readouterr().out.strip()
+    model = mc.CoMPModel.from_pretrained(smoke_run[0] / "model")  # the same as generate on the same image
+    assert answer == model.generate([s.image], ["What is the title of the document?"], max_tokens=64,
+                                    max_new_tokens=16)[0]
+    assert ask(smoke_run[0], tmp_path / "doc.png", "How many lines of text are there?") is not None

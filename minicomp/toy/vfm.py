@@ -1,18 +1,25 @@
 """The toy VFMs: small timm ViTs with a learned APE, pretrained at one fixed low resolution
 (64×64, 8×8 patches) on the synthetic world, i.e. exactly the kind of model CoMP adapts.
 
+Each sees two kinds of 64×64 input in pretraining, as real VFMs do:
+- whole images squashed to 64×64, where layout survives but text does not;
+- 64×64 crops of text images at the scale of the tiny preset's native budget, where the glyphs
+  are legible (about a patch tall), as in the crops of a web image that hold some text.
+
 - ``vision``: vision-only, in DINOv2's role (same timm architecture family: class token,
   layer scale, ImageNet mean/std). It never sees text. DINOv2's self-supervision does not fit a
   few CPU minutes: a masked-image-modelling version we tried gave linear probes no better than
-  random weights. So it is pretrained like a supervised ImageNet ViT, with one classification
-  head per ground-truth attribute of the synthetic world (`ATTRIBUTES`).
+  random weights. So it is pretrained like a supervised ViT: one head per layout attribute
+  (`LAYOUT`) on the squashed images, and a per-patch glyph head (which character is centred
+  in each patch) on the crops, like a dense OCR objective.
 - ``siglip``: image–text contrastive with SigLIP's sigmoid loss (same timm architecture family:
   no class token, attention-pool head, mean/std 0.5), against a small bag-of-words text tower
-  over the toy tokenizer. As in CoMP, only the vision tower is kept.
+  over the toy tokenizer: squashed images with their captions, crops with the characters they
+  show. As in CoMP, only the vision tower is kept.
 
 Both are saved with timm's `save_for_hf` (config.json + model.safetensors), so they load with
 ``timm.create_model("local-dir:<path>", pretrained=True)``, the same call as a hub model.
-Each build log holds linear-probe accuracies (see `probe_accuracy`) at the model's own resolution.
+Each build log holds the probes of `probes.measure_probes` at 64 px and at native resolution.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 import torch.nn as nn
@@ -29,15 +37,18 @@ from timm.models import save_for_hf
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
-from ..data.resize import resize_fixed, resize_to_budget, to_tensor
-from ..data.synthetic import COLORS, FAMILIES, make_sample
-from ..vision import CRoPEViT
+from ..data.resize import resize_fixed, resize_to_budget
+from ..data.synthetic import GLYPHS, VOCAB, glyph_patch_labels, make_sample, word_patch_labels
+from .probes import (ATTRIBUTES, NATIVE_PATCHES, READING_ATTRIBUTES, RESOLUTION, attribute, attributes,
+                     glyph_probe, measure_probes, pooled_features, probe_images)
 
-RESOLUTION = 64
 TOY_VIT = dict(img_size=RESOLUTION, patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=3.0, num_classes=0)
 TOY_VFMS = {"vision": "vit_small_patch14_dinov2", "siglip": "vit_base_patch16_siglip_224"}  # kind -> timm architecture
-# attribute -> number of classes; each is probed, and the vision-only VFM is pretrained on them
-ATTRIBUTES = {"family": 3, "count": 9, "left_colour": len(COLORS), "tallest": 3, "lines": 4}
+LAYOUT = tuple(a for a in ATTRIBUTES if a not in READING_ATTRIBUTES)  # what the squashed images are trained on
+
+__all__ = ["ATTRIBUTES", "LAYOUT", "RESOLUTION", "TOY_VFMS", "attribute", "attributes", "build_toy_vfm",
+           "create_toy_vit", "glyph_crops", "glyph_probe", "measure_probes", "pooled_features", "probe_images",
+           "render_fixed"]
 
 
 def create_toy_vit(kind: str) -> nn.Module:
@@ -48,30 +59,8 @@ def create_toy_vit(kind: str) -> nn.Module:
     return timm.create_model(TOY_VFMS[kind], pretrained=False, global_pool=pool, **TOY_VIT)
 
 
-def attribute(meta: dict, name: str) -> int:
-    """Ground-truth class of one attribute, -1 where it does not apply to the sample's family.
-
-    family: document/chart/scene; count: objects in a chart or scene (0–8); left_colour: colour
-    of a scene's leftmost shape; tallest: which third of a chart holds its tallest bar; lines: a
-    document's line count in fives (1–5, 6–10, 11–15, 16–20)."""
-    f = meta["family"]
-    if name == "family":
-        return FAMILIES.index(f)
-    if name == "count":
-        return len(meta["labels"]) if f == "chart" else len(meta["objects"]) if f == "scene" else -1
-    if name == "left_colour":
-        return list(COLORS).index(meta["objects"][0]["color"]) if f == "scene" else -1
-    if name == "tallest":
-        v = meta.get("values")
-        return min(2, 3 * max(range(len(v)), key=v.__getitem__) // len(v)) if f == "chart" else -1
-    if name == "lines":
-        return min(3, (len(meta["lines"]) - 1) // 5) if f == "document" else -1
-    raise ValueError(f"attribute {name!r}, expected one of {tuple(ATTRIBUTES)}")
-
-
-def attributes(metas: list[dict]) -> torch.Tensor:
-    """(n, len(ATTRIBUTES)) long: every attribute of every sample (-1 where it does not apply)."""
-    return torch.tensor([[attribute(m, a) for a in ATTRIBUTES] for m in metas])
+def _uint8(img) -> torch.Tensor:
+    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
 def render_fixed(split: str, n: int, size: int = RESOLUTION, seed: int = 0):
@@ -79,11 +68,38 @@ def render_fixed(split: str, n: int, size: int = RESOLUTION, seed: int = 0):
     imgs, caps, metas = [], [], []
     for i in tqdm(range(n), desc=f"render {split}", unit="img", leave=False):
         s = make_sample(seed, split, i)
-        img = resize_fixed(s.image, size)
-        imgs.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1))
+        imgs.append(_uint8(resize_fixed(s.image, size)))
         caps.append(s.caption)
         metas.append(s.meta)
     return torch.stack(imgs), caps, metas  # (n, 3, size, size)
+
+
+def glyph_crops(split: str, n: int, size: int = RESOLUTION, patch: int = 8, seed: int = 0):
+    """n size×size crops of documents and charts resized to the native budget, each placed on a
+    random glyph (patch-aligned; white padding where the image is smaller): (uint8 crops
+    (n, 3, size, size), per-patch labels (n, 2, size/patch, size/patch): the glyph centred in the
+    patch and the word the patch lies in (-1: none), the characters each crop shows in reading order)."""
+    rng = np.random.default_rng([seed, 7])
+    crops, labels, texts = [], [], []
+    g = size // patch
+    for i in tqdm(range(n), desc=f"crops {split}", unit="img", leave=False):
+        s = make_sample(seed, split, i, family=("document", "chart")[i % 2])
+        img = resize_to_budget(s.image, patch, 1, 1, NATIVE_PATCHES)
+        hw = (img.height, img.width)
+        lab = np.stack([glyph_patch_labels(s.meta, hw, patch), word_patch_labels(s.meta, hw, patch)])  # (2, h, w)
+        canvas = np.full((max(img.height, size), max(img.width, size), 3), 255, dtype=np.uint8)
+        canvas[:img.height, :img.width] = np.asarray(img)
+        full = np.full((2, canvas.shape[0] // patch, canvas.shape[1] // patch), -1, dtype=np.int64)
+        full[:, :lab.shape[1], :lab.shape[2]] = lab
+        rows, cols = np.nonzero(full[0] >= 0)
+        k = rng.integers(len(rows))  # a glyph to centre on, then a random shift that keeps it inside
+        r0 = int(np.clip(rows[k] - rng.integers(g), 0, full.shape[1] - g))
+        c0 = int(np.clip(cols[k] - rng.integers(g), 0, full.shape[2] - g))
+        crop_lab = full[:, r0:r0 + g, c0:c0 + g]
+        crops.append(torch.from_numpy(canvas[r0 * patch:(r0 + g) * patch, c0 * patch:(c0 + g) * patch]).permute(2, 0, 1))
+        labels.append(torch.from_numpy(crop_lab.copy()))
+        texts.append(" ".join(GLYPHS[j] for j in crop_lab[0].flatten() if j >= 0))
+    return torch.stack(crops), torch.stack(labels), texts  # (n, 3, size, size), (n, 2, g, g)
 
 
 def normalise(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -96,17 +112,28 @@ def normalise(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
 # ---- pretraining objectives -----------------------------------------------------------------
 
 class AttributeHeads(nn.Module):
-    """Vision-only supervised pretraining: one linear head per attribute on the ViT's pooled
-    embedding; the loss is the sum of the cross-entropies where an attribute applies."""
+    """Vision-only supervised pretraining: one linear head per layout attribute on the ViT's
+    pooled embedding of squashed images, and two linear heads on each patch token of the crops,
+    dense-OCR style: the glyph centred in the patch and the word the patch lies in (class 0:
+    none). The loss is the sum of the cross-entropies."""
 
     def __init__(self, vit: nn.Module):
         super().__init__()
         self.vit = vit
-        self.heads = nn.ModuleDict({a: nn.Linear(vit.num_features, n) for a, n in ATTRIBUTES.items()})
+        self.heads = nn.ModuleDict({a: nn.Linear(vit.num_features, ATTRIBUTES[a]) for a in LAYOUT})
+        self.glyph = nn.Linear(vit.num_features, len(GLYPHS) + 1)
+        self.word = nn.Linear(vit.num_features, len(VOCAB) + 1)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, crops: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         z = self.vit(x)  # (B, D): mean of the patch tokens, pre-logits
-        return sum(F.cross_entropy(head(z), y[:, j], ignore_index=-1) for j, head in enumerate(self.heads.values()))
+        cols = [list(ATTRIBUTES).index(a) for a in LAYOUT]
+        loss = sum(F.cross_entropy(head(z), y[:, j], ignore_index=-1) for j, head in zip(cols, self.heads.values()))
+        t = self.vit.forward_features(crops)[:, self.vit.num_prefix_tokens:]  # (B, g*g, D) patch tokens
+        for head, lab in ((self.glyph, labels[:, 0]), (self.word, labels[:, 1])):
+            weight = torch.ones(head.out_features, device=t.device)
+            weight[0] = 0.1  # most patches hold no glyph: weigh them down so that reading is what is learned
+            loss = loss + F.cross_entropy(head(t).flatten(0, 1), lab.flatten() + 1, weight=weight)
+        return loss
 
 
 class SigLIP(nn.Module):
@@ -130,85 +157,6 @@ class SigLIP(nn.Module):
         return -F.logsigmoid(labels * logits).sum() / len(x)
 
 
-# ---- linear probes --------------------------------------------------------------------------
-
-@torch.no_grad()
-def pooled_features(vit: nn.Module, images: list[torch.Tensor], batch: int = 64) -> torch.Tensor:
-    """The ViT's own pooled embedding (timm's forward_head, pre-logits) of images of any size:
-    the patch grid comes from `CRoPEViT` with RoPE off, i.e. by APE interpolation alone -> (n, D)."""
-    enc = CRoPEViT.from_timm(vit, rope=False).eval()
-    vit.eval()
-    out = []
-    for i in range(0, len(images), batch):
-        packed = enc(images[i:i + batch])
-        for j, t in enumerate(packed.split()):  # (N_i, D)
-            if packed.prefix is not None:  # timm's pooling expects the prefix tokens in front
-                t = torch.cat([packed.prefix[j], t])  # (n_prefix + N_i, D)
-            out.append(vit.forward_head(t[None], pre_logits=True)[0])  # "avg", "token" or "map" pooling, fc_norm
-    return torch.stack(out)
-
-
-def fit_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 200, weight_decay: float = 1e-3) -> nn.Module:
-    """Multinomial logistic regression on standardised features (full-batch L-BFGS)."""
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    lin = nn.Linear(x.shape[1], int(y.max()) + 1)
-    opt = torch.optim.LBFGS(lin.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
-    xs = (x - mean) / std
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(lin(xs), y) + weight_decay * lin.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return nn.Sequential(_Standardise(mean, std), lin).eval()
-
-
-class _Standardise(nn.Module):
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
-        super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-
-def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                   test_y: torch.Tensor) -> dict[str, float]:
-    """One linear probe per attribute (columns of y, as `attributes`), fitted on train features
-    where the attribute applies; test accuracy per attribute and their mean."""
-    out = {}
-    for j, name in enumerate(ATTRIBUTES):
-        tr, te = train_y[:, j] >= 0, test_y[:, j] >= 0
-        probe = fit_probe(train_x[tr], train_y[tr, j])
-        with torch.no_grad():
-            out[name] = float((probe(test_x[te]).argmax(1) == test_y[te, j]).float().mean())
-    out["mean"] = sum(out.values()) / len(ATTRIBUTES)
-    return out
-
-
-def probe_images(split: str, n: int, seed: int = 1):
-    """n samples of a split as native-size PIL images with their attribute labels (n, A)."""
-    samples = [make_sample(seed, split, i) for i in range(n)]
-    return [s.image for s in samples], attributes([s.meta for s in samples])
-
-
-def measure_probes(vit: nn.Module, train, test, size: int | None = RESOLUTION, max_tokens: int = 256) -> dict:
-    """Probe accuracy with images squashed to size×size, or (size=None) at native resolution within
-    `max_tokens` patches. `train`, `test`: (PIL images, labels) from `probe_images`. The ViT sees
-    other sizes through APE interpolation alone (CRoPEViT, RoPE off)."""
-    cfg, p = vit.pretrained_cfg, vit.patch_embed.patch_size[0]
-
-    def prep(img):
-        img = resize_fixed(img, size) if size else resize_to_budget(img, p, 1, 1, max_tokens)
-        return to_tensor(img, cfg["mean"], cfg["std"])
-
-    feats = [pooled_features(vit, [prep(im) for im in imgs]) for imgs, _ in (train, test)]
-    return probe_accuracy(feats[0], train[1], feats[1], test[1])
-
-
 @torch.no_grad()
 def retrieval_accuracy(objective: SigLIP, images: torch.Tensor, cap_ids: list[torch.Tensor], group: int = 100) -> float:
     """Zero-shot image -> caption top-1 accuracy among groups of `group` test pairs (chance 1/group)."""
@@ -216,36 +164,42 @@ def retrieval_accuracy(objective: SigLIP, images: torch.Tensor, cap_ids: list[to
     group, hits = min(group, len(images)), 0
     for i in range(0, len(images) - group + 1, group):
         img = F.normalize(objective.vit(images[i:i + group]), dim=-1)  # (group, D)
-        ids = cap_ids[i:i + group]
-        offsets = torch.tensor([0] + [len(t) for t in ids[:-1]]).cumsum(0)
-        txt = objective.embed_text(torch.cat(ids), offsets)  # (group, D)
+        txt = objective.embed_text(*_bag(cap_ids[i:i + group]))  # (group, D)
         hits += int((img @ txt.T).argmax(1).eq(torch.arange(group)).sum())
     return hits / (len(images) // group * group)
 
 
 # ---- the build ------------------------------------------------------------------------------
 
-def build_toy_vfm(kind: str, out: str | Path, tokenizer: str | Path | None = None, steps: int = 1000,
-                  batch: int = 64, lr: float = 1e-3, n_train: int = 8000, n_probe: int = 2000,
-                  n_test: int = 1000, seed: int = 0) -> dict:
-    """Pretrain a toy VFM from scratch at 64×64, measure its probes (and, for siglip, zero-shot
+def _probe_table(vit: nn.Module, train, test) -> dict:
+    """Probes at the pretraining size and at native resolution (the tiny budget, APE interpolation only)."""
+    return {f"fixed {RESOLUTION}px": measure_probes(vit, train, test),
+            f"native <={NATIVE_PATCHES} patches": measure_probes(vit, train, test, size=None)}
+
+
+def build_toy_vfm(kind: str, out: str | Path, tokenizer: str | Path | None = None, steps: int = 800,
+                  batch: int = 32, lr: float = 1e-3, n_train: int = 8000, n_probe: int = 1000,
+                  n_test: int = 500, seed: int = 0) -> dict:
+    """Pretrain a toy VFM from scratch at 64×64 (squashed images and glyph crops, `batch` of each
+    per step), measure its probes at 64 px and at native resolution (and, for siglip, zero-shot
     retrieval) against the same ViT with random weights, and save it to `out` (timm format) with
     a `build_log.json`. `tokenizer` (a saved tokenizer dir) is needed for siglip."""
     t0 = time.time()
+    if kind == "siglip" and tokenizer is None:
+        raise ValueError("the siglip toy VFM needs `tokenizer` (the toy LLM's tokenizer directory)")
     torch.manual_seed(seed)
     vit = create_toy_vit(kind)
     random_vit = create_toy_vit(kind).eval()  # the baseline the probes are compared with
     random_vit.load_state_dict(vit.state_dict())
     images, captions, metas = render_fixed("train", n_train, seed=seed)
-    x_all = normalise(images, vit)  # (n_train, 3, 64, 64)
+    crops, crop_glyphs, crop_texts = glyph_crops("train", n_train, seed=seed)
+    x_all, c_all = normalise(images, vit), normalise(crops, vit)  # (n_train, 3, 64, 64) each
     if kind == "vision":
         objective, y_all = AttributeHeads(vit), attributes(metas)
     else:
-        if tokenizer is None:
-            raise ValueError("the siglip toy VFM needs `tokenizer` (the toy LLM's tokenizer directory)")
         tok = AutoTokenizer.from_pretrained(tokenizer)
-        tokens = lambda caps: [torch.tensor(tok(c, add_special_tokens=False)["input_ids"]) for c in caps]
-        cap_ids = tokens(captions)
+        tokens = lambda caps: [torch.tensor(tok(c or "none", add_special_tokens=False)["input_ids"]) for c in caps]
+        cap_ids, crop_ids = tokens(captions), tokens(crop_texts)
         objective = SigLIP(vit, len(tok))
     opt = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=0.05)
     sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
@@ -253,13 +207,12 @@ def build_toy_vfm(kind: str, out: str | Path, tokenizer: str | Path | None = Non
     losses = []
     objective.train()
     for _ in tqdm(range(steps), desc=f"toy VFM ({kind})", unit="step"):
-        idx = torch.randint(0, n_train, (batch,), generator=g)
+        idx, cdx = torch.randint(0, n_train, (batch,), generator=g), torch.randint(0, n_train, (batch,), generator=g)
         if kind == "vision":
-            loss = objective(x_all[idx], y_all[idx])
+            loss = objective(x_all[idx], y_all[idx], c_all[cdx], crop_glyphs[cdx])
         else:
-            ids = [cap_ids[i] for i in idx.tolist()]
-            offsets = torch.tensor([0] + [len(t) for t in ids[:-1]]).cumsum(0)  # (batch,)
-            loss = objective(x_all[idx], torch.cat(ids), offsets)
+            loss = objective(x_all[idx], *_bag([cap_ids[i] for i in idx.tolist()])) + \
+                objective(c_all[cdx], *_bag([crop_ids[i] for i in cdx.tolist()]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
@@ -270,8 +223,8 @@ def build_toy_vfm(kind: str, out: str | Path, tokenizer: str | Path | None = Non
     train, test = probe_images("train", n_probe, seed + 1), probe_images("test", n_test, seed + 1)
     log = {"kind": kind, "architecture": TOY_VFMS[kind], "resolution": RESOLUTION, "steps": steps,
            "batch": batch, "train_images": n_train, "loss_first": sum(losses[:20]) / 20,
-           "loss_last": sum(losses[-20:]) / 20, "probe_accuracy": measure_probes(vit, train, test),
-           "probe_accuracy_random_init": measure_probes(random_vit, train, test)}
+           "loss_last": sum(losses[-20:]) / 20, "probes": _probe_table(vit, train, test),
+           "probes_random_init": _probe_table(random_vit, train, test)}
     if kind == "siglip":
         test_imgs, test_caps, _ = render_fixed("test", n_test, seed=seed + 1)
         log["retrieval_top1_of_100"] = retrieval_accuracy(objective, normalise(test_imgs, vit), tokens(test_caps))
@@ -281,3 +234,8 @@ def build_toy_vfm(kind: str, out: str | Path, tokenizer: str | Path | None = Non
         "tag": f"minicomp_toy_{kind}", "license": "apache-2.0", "crop_pct": 1.0}})
     (out / "build_log.json").write_text(json.dumps(log, indent=2) + "\n")
     return log
+
+
+def _bag(ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of several texts as (flat ids, offsets) for nn.EmbeddingBag."""
+    return torch.cat(ids), torch.tensor([0] + [len(t) for t in ids[:-1]]).cumsum(0)

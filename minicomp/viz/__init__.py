@@ -6,12 +6,13 @@ from .position import (ape_similarity, ape_similarity_map, legacy_ape_displaceme
                        plot_ape_similarity, plot_ape_similarity_grid, plot_legacy_ape_order, plot_packed_batch,
                        plot_rope_scores, plot_rope_spectrum, rope_relative_scores, rope_scores_at_offset,
                        rope_spectrum)
+from .sweep import plot_sweep, sweep_points
 from .sinkhorn import (marginal_errors, plot_modes, plot_sinkhorn, plot_sinkhorn_convergence, toy_scores,
                        zipf_prior)
 
 __all__ = [
     "ape_similarity", "ape_similarity_map", "legacy_ape_displacement", "marginal_errors", "packed_attention_mask",
     "plot_ape_similarity", "plot_ape_similarity_grid", "plot_comp_overview", "plot_legacy_ape_order", "plot_modes",
-    "plot_packed_batch", "plot_rope_scores", "plot_rope_spectrum", "plot_sinkhorn", "plot_sinkhorn_convergence",
-    "rope_relative_scores", "rope_scores_at_offset", "rope_spectrum", "toy_scores", "zipf_prior",
+    "plot_packed_batch", "plot_rope_scores", "plot_rope_spectrum", "plot_sinkhorn", "plot_sinkhorn_convergence", "plot_sweep",
+    "rope_relative_scores", "rope_scores_at_offset", "rope_spectrum", "sweep_points", "toy_scores", "zipf_prior",
 ]
