@@ -5,9 +5,10 @@
   control, chance levels, Wilson intervals and n (`evaluate.with_control`);
 - "sweep": the same at every native token budget of `budgets` and at fixed squares (the
   paper's Fig. 3, in miniature), real and blank in one figure;
-- "probes": linear probes of the vision encoder's frozen features (`toy.probes`) at the toy
-  VFMs' own 64 px and at a native budget, for the original toy VFM and for this model's
-  CoMP-trained one (the paper's Tab. 3, in miniature).
+- "probes": probes of the vision encoder's frozen features (`toy.probes`): attentive-pooling
+  classification of the world's attributes, per-patch glyph and word recognition and
+  segmentation, at the toy VFMs' own 64 px and at a native budget, for the original toy VFM and
+  for this model's CoMP-trained one (the paper's Tab. 3, in miniature).
 It writes eval.json, eval.md and sweep.png to `out` (default: the path itself).
 """
 from __future__ import annotations
@@ -46,18 +47,19 @@ def ask(path: str | Path, image: str | Path, question: str, max_tokens: int = 64
     `max_tokens` merged tokens (or squashed to `fixed_size`)."""
     from .data.images import load_image
 
+    src = resolve_model(path)  # the model first: it is the first argument
     image = Path(image)
     if not image.is_file():
         raise FileNotFoundError(f"{image}: no such image file")
     img = load_image(str(image))
-    model = load_for_eval(path)
+    model = load_for_eval(src)
     return model.generate([img], [question], fixed_size=fixed_size, max_tokens=max_tokens,
                           max_new_tokens=max_new_tokens)[0]
 
 
 def assess(path: str | Path, only: tuple[str, ...] = PARTS, n: int = 150, max_tokens: int = 64,
            budgets: tuple[int, ...] = (16, 32, 64, 128, 256), fixed: tuple[int, ...] = (64, 128),
-           probe_images: tuple[int, int] = (600, 300), out: str | Path | None = None) -> dict:
+           probe_images: tuple[int, int] = (600, 300), probe_steps: int = 300, out: str | Path | None = None) -> dict:
     """Run the parts in `only` on the model at `path`; write eval.json, eval.md (and sweep.png).
     `max_tokens`: the model's own native budget (the tiny preset trains at 64)."""
     bad = [p for p in only if p not in PARTS]
@@ -70,14 +72,14 @@ def assess(path: str | Path, only: tuple[str, ...] = PARTS, n: int = 150, max_to
     result: dict = {"model": str(src), "out": str(out), "n_samples": n}
     md = [f"# minicomp eval: {src}", ""]
     if "qa" in only:
-        r = with_control(model, n, max_tokens=max_tokens)
+        r = with_control(model, n, max_tokens=max_tokens, progress=True)
         result["qa"] = r
         from .report import kind_table
         md += [f"## Exact match at native ≤{max_tokens} tokens", "", kind_table(r), ""]
     if "sweep" in only:
         sizes = {f"fixed {s}px": {"fixed_size": s} for s in fixed}
-        sizes.update({f"native ≤{b} tokens": {"max_tokens": b} for b in budgets})
-        sweep = resolution_sweep(model, sizes, n)
+        sizes.update({f"native ≤{b} tokens": {"max_tokens": b} for b in sorted({*budgets, max_tokens})})
+        sweep = resolution_sweep(model, sizes, n, progress=True)
         result["sweep"] = sweep
         from .report import _per_question, effect_lines
         from .viz.sweep import plot_sweep
@@ -94,7 +96,7 @@ def assess(path: str | Path, only: tuple[str, ...] = PARTS, n: int = 150, max_to
             result["native_vs_fixed"] = compare(own, sweep[f"fixed {fixed[0]}px"])
         md += ["![resolution sweep](sweep.png)", ""]
     if "probes" in only:
-        result["probes"] = vfm_probes(model, probe_images)
+        result["probes"] = vfm_probes(model, probe_images, probe_steps)
         md += ["## Probes of the vision encoder (frozen features)", "", probe_table(result["probes"]), ""]
     for v in _results(result):  # per-question lists make eval.json long; keep the summaries
         for k in ("hits", "kinds", "answers"):
@@ -114,9 +116,11 @@ def _results(result: dict):
         yield v["blank"]
 
 
-def vfm_probes(model: CoMPModel, sizes: tuple[int, int] = (600, 300)) -> dict:
-    """Linear probes (`toy.probes.measure_probes`) of the original toy VFM and of this model's
-    vision encoder, at 64 px and at native ≤256 patches, with RoPE as each was trained."""
+def vfm_probes(model: CoMPModel, sizes: tuple[int, int] = (600, 300), steps: int = 300) -> dict:
+    """Probes (`toy.probes.measure_probes`) of the original toy VFM and of this model's vision
+    encoder, frozen, at 64 px and at native ≤256 patches, with RoPE as each was trained:
+    classification of each attribute with an attentive-pooling probe (`steps` AdamW steps), and
+    per-patch linear probes for glyphs, words and segmentation."""
     import timm
 
     from .toy import TOY_VFM_PATHS
@@ -127,8 +131,8 @@ def vfm_probes(model: CoMPModel, sizes: tuple[int, int] = (600, 300)) -> dict:
     original = timm.create_model(f"local-dir:{TOY_VFM_PATHS[kind]}", pretrained=True).eval()
     out = {}
     for name, enc in (("original toy VFM", original), ("CoMP-trained", model.vision)):
-        out[name] = {"fixed 64px": measure_probes(enc, train, test),
-                     f"native <={NATIVE_PATCHES} patches": measure_probes(enc, train, test, size=None)}
+        out[name] = {res: measure_probes(enc, train, test, size=size, attentive=True, attentive_steps=steps)
+                     for res, size in (("fixed 64px", 64), (f"native <={NATIVE_PATCHES} patches", None))}
     return out
 
 

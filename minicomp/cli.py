@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--samples", type=int, default=150, help="test samples (two questions each)")
     ev.add_argument("--max-tokens", type=int, default=64, help="the model's own native budget (merged tokens)")
     ev.add_argument("--budgets", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="native budgets of the sweep")
+    ev.add_argument("--probe-images", type=int, nargs=2, default=[600, 300], metavar=("TRAIN", "TEST"),
+                    help="images the VFM probes are fitted and tested on")
+    ev.add_argument("--probe-steps", type=int, default=300, help="optimiser steps of each attentive probe")
     ev.add_argument("--out", default=None, help="output folder (default: the run directory)")
     ask = sub.add_parser("ask", help="ask a trained model one question about one image file")
     ask.add_argument("model", help="a run directory or a saved CoMPModel folder")
@@ -42,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--fixed-size", type=int, default=None, help="squash to this square instead")
     toy = sub.add_parser("toy", help="the toy world's models")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
+    world = toy_sub.add_parser("world", help="the toy world in numbers: chance levels, glyph sizes at each resolution")
+    world.add_argument("--samples", type=int, default=300, help="documents and charts measured (each)")
     build = toy_sub.add_parser("build", help="rebuild the toy LLM and both toy VFMs from scratch (~10 min on 2 cores)")
     build.add_argument("--out", default=None, help="output folder (default: the shipped checkpoints folder)")
     build.add_argument("--only", choices=("llm", "vision", "siglip"), nargs="+", default=None,
@@ -55,13 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(args.model, args.depth, args.pretrained, args.checkpoint, args.rope_theta)
     elif args.command == "prior":
         _prior(args)
+    elif args.command == "toy" and args.toy_command == "world":
+        _toy_world(args)
     elif args.command == "toy":
         _toy_build(args)
     elif args.command == "eval":
         from .assess import PARTS, assess
         try:
             r = assess(args.path, tuple(args.only or PARTS), n=args.samples, max_tokens=args.max_tokens,
-                       budgets=tuple(args.budgets), out=args.out)
+                       budgets=tuple(args.budgets), probe_images=tuple(args.probe_images),
+                       probe_steps=args.probe_steps, out=args.out)
         except (FileNotFoundError, ValueError) as e:
             parser.exit(2, f"minicomp eval: error: {e}\n")
         print(Path(r["out"], "eval.md").read_text() + f"\nwrote eval.json, eval.md and figures to {r['out']}")
@@ -98,6 +106,21 @@ def _toy_build(args) -> None:
                   f"{log['minutes']:.1f} min -> {out / kind}{extra}")
             print(_probe_table(log))
     print(f"total {(time.time() - t0) / 60:.1f} min")
+
+
+def _toy_world(args) -> None:
+    from .data.labels import legibility
+    from .data.synthetic import chance_levels
+
+    print("chance level of each question kind (the best constant answer, scored on other samples):")
+    for kind, c in chance_levels().items():
+        print(f"  {kind:<16} {c:.3f}")
+    leg = legibility(args.samples)
+    print(f"\nmedian glyph height × width in 8-px patches, and the share of images with glyphs below half a "
+          f"patch on an axis ({args.samples} documents, {args.samples} charts, val split):")
+    for fam, rows in leg.items():
+        for label, r in rows.items():
+            print(f"  {fam:<9} {label:<19} {r['height']:.2f} × {r['width']:.2f}   below half: {r['below_half']:.2f}")
 
 
 def _probe_table(log: dict) -> str:

@@ -18,6 +18,7 @@ from collections import defaultdict
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .data.synthetic import QUESTIONS, READING, SyntheticDataset, chance_levels
 from .stats import paired_difference, wilson
@@ -42,10 +43,11 @@ def summarise(hits: list[int], kinds: list[str], keys: dict[str, set[str]] | Non
 
 @torch.no_grad()
 def exact_match(model, n: int = 90, fixed_size: int | None = None, max_tokens: int = 3000, batch: int = 64,
-                max_new_tokens: int = 6, seed: int = 0, images: str = "real") -> dict:
+                max_new_tokens: int = 6, seed: int = 0, images: str = "real", progress: bool = False) -> dict:
     """Ask both questions of n test-split samples (families in turn) and compare each greedy
     answer with the truth, exactly. `images`: "real", or "blank" (white, same size) for the
-    control. -> {"accuracy", "n", "hits" (0/1 per question, in order), "kinds", "answers",
+    control. `progress`: a progress bar over the batches. -> {"accuracy", "n", "hits" (0/1 per
+    question, in order), "kinds", "answers",
     "by_question": {kind | "reading" | "all": {"accuracy", "n", "ci", "chance"}}}."""
     if images not in ("real", "blank"):
         raise ValueError(f"images={images!r}, expected 'real' or 'blank'")
@@ -62,7 +64,8 @@ def exact_match(model, n: int = 90, fixed_size: int | None = None, max_tokens: i
             asks.append((s.image, turns[j]["value"].replace("<image>\n", ""), turns[j + 1]["value"],
                          f"{s.meta['family']}/{s.meta['questions'][j // 2]}"))
     answers = []
-    for start in range(0, len(asks), batch):
+    for start in tqdm(range(0, len(asks), batch), desc=f"asking ({images} images)", unit="batch", leave=False,
+                      disable=not progress):
         chunk = asks[start:start + batch]
         answers += model.generate([a[0] for a in chunk], [a[1] for a in chunk], fixed_size=fixed_size,
                                   max_tokens=max_tokens, max_new_tokens=max_new_tokens)

@@ -20,12 +20,12 @@ def stage_mode(stage: Stage) -> str:
 
 def write_report(out: Path, cfg: TrainConfig, meta: dict) -> str:
     """report.md (a table per stage) and losses.png from metrics.jsonl; returns the table."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot's: never switches the caller's backend (a notebook's inline)
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig = Figure(figsize=(11, 3.6))
+    axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss_dec", "loss_align")):
         for stage in cfg.stages:
             r = [x for x in rows if x["stage"] == stage.name]
@@ -35,7 +35,6 @@ def write_report(out: Path, cfg: TrainConfig, meta: dict) -> str:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "losses.png", dpi=110)
-    plt.close(fig)
     lines = ["| stage | trains | resolution | RoPE | align | steps | minutes | loss_dec start → end | "
              "loss_align end | exact match | blank images |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in cfg.stages:

@@ -68,7 +68,7 @@ class StepBatches(Dataset):
         return collate([self.proc(self.ds[i]) for i in self.order[start:start + self.m]], self.pad_id)
 
 
-def word_prior_counts(cfg: TrainConfig, data: dict, model, say) -> torch.Tensor | None:
+def word_prior_counts(cfg: TrainConfig, data: dict, model, say, progress: bool = True) -> torch.Tensor | None:
     """Token counts (K,) for the word prior: from `cfg.word_prior`'s file, or counted in the answers
     of the first Stage II data ("auto"); None for a uniform prior."""
     if cfg.word_prior is None:
@@ -81,4 +81,4 @@ def word_prior_counts(cfg: TrainConfig, data: dict, model, say) -> torch.Tensor 
     n = min(cfg.prior_samples, len(ds))
     say(f"word prior: counting the tokens of {n:,} captions of data '{stage2[0].data}'")
     texts = ("\n".join(t["value"] for t in ds[i].conversations if t["from"] == "gpt") for i in range(n))
-    return count_tokens(texts, model.tokenizer, total=n)
+    return count_tokens(texts, model.tokenizer, total=n, progress=progress)

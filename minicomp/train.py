@@ -43,9 +43,11 @@ def _log_line(path: Path, record: dict) -> None:
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: str | Path | None = None,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, progress: bool = True) -> dict:
     """Run every stage of `cfg`; write metrics, checkpoints, per-stage models, the final model and
-    a report under `out`. `stop_after` (tests): return after that many optimiser steps in all."""
+    a report under `out`. `stop_after` (tests): return after that many optimiser steps in all.
+    progress=False: no progress bars (e.g. in a notebook executed for the web, where a bar's
+    widget would be saved frozen); the per-stage lines still print."""
     out = Path(out)
     data = resolve_data(cfg, data_root)  # errors before any model loads
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)  # text-only batches leave vision unused
@@ -58,7 +60,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
         raise RuntimeError(f"launched as {world} processes but accelerate sees {accelerator.num_processes}: "
                            f"every process would train alone. Check the launcher's settings.")
     main = accelerator.is_main_process
-    say = tqdm.write if main else (lambda *a, **k: None)
+    say = (tqdm.write if progress else print) if main else (lambda *a, **k: None)
     found = checkpoints(out)
     if not resume and found:
         raise FileExistsError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
@@ -67,7 +69,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     set_seed(cfg.seed)
     model = CoMPModel.from_pretrained(pretrained=cfg.pretrained, **cfg.model)
-    counts = word_prior_counts(cfg, data, model, say)  # before loading a checkpoint: it holds the prior too
+    counts = word_prior_counts(cfg, data, model, say, progress)  # before loading a checkpoint: it holds the prior too
     if counts is not None:
         model.set_word_prior(counts)
     meta = {"stage_index": 0, "step": 0, "global_step": 0, "evals": {}, "stage_minutes": {}}
@@ -108,7 +110,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                             sampler=range(start * batches.accum, len(batches)))
         it, t_stage = iter(loader), time.time()
         params = [p for g in groups for p in g["params"]]
-        bar = tqdm(range(start, steps), desc=f"stage {stage.name}", unit="step", disable=not main)
+        bar = tqdm(range(start, steps), desc=f"stage {stage.name}", unit="step", disable=not (main and progress))
         for step in bar:
             t0, sums, tokens, vis, n_img = time.time(), torch.zeros(3), 0, 0, 0
             for a in range(batches.accum):
@@ -169,6 +171,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
         if cfg.eval_samples:  # the final model at every stage's resolution and every budget of eval_budgets:
             sizes = {stage_mode(s): _size(s) for s in cfg.stages}  # what resolution alone changes
             sizes.update({f"native ≤{b} tokens": {"max_tokens": b} for b in cfg.eval_budgets})
+            sizes = dict(sorted(sizes.items(), key=lambda kv: ("max_tokens" in kv[1], *kv[1].values())))  # squares,
+            #                                                                          then budgets, small to large
             meta["by_resolution"] = resolution_sweep(model, sizes, cfg.eval_samples,
                                                      max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed)
         model.save_pretrained(out / "model")

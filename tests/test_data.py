@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 
 from minicomp.data import FAMILIES, SyntheticDataset, budget_size, resize_fixed, resize_to_budget, to_tensor
-from minicomp.data.synthetic import (COLORS, GLYPHS, QUESTIONS, READING, WORDS, _content_bucket, chance_levels,
-                                     glyph_patch_labels, glyph_patches, make_sample)
+from minicomp.data.labels import glyph_patch_labels, glyph_patches, segment_patch_labels, word_patch_labels
+from minicomp.data.synthetic import (COLORS, GLYPHS, QUESTIONS, READING, SEGMENTS, VOCAB, WORDS, _content_bucket,
+                                     chance_levels, make_sample, segmentation)
 
 
 def test_same_seed_same_samples_and_another_seed_differs():
@@ -27,7 +28,7 @@ def test_splits_never_overlap():
             assert seen.setdefault(s.caption, split) == split, f"{s.caption!r} in {split} and {seen[s.caption]}"
     # the split is a function of the content: recomputing the bucket agrees
     s = SyntheticDataset("val", 1)[0]
-    m = {k: v for k, v in s.meta.items() if k not in ("id", "split", "questions", "glyphs")}  # added after the draw
+    m = {k: v for k, v in s.meta.items() if k not in ("id", "split", "questions", "glyphs", "words")}  # added after the draw
     assert _content_bucket(m) == 8
 
 
@@ -103,6 +104,25 @@ def test_glyph_patch_labels_put_each_glyph_in_its_patch():
     assert (lab >= 0).sum() == 2
     assert glyph_patch_labels(m, (32, 64), 8)[1, 1] == GLYPHS.index("a")  # centre (4, 4) -> (8, 8) at 2×
     assert glyph_patches(m, (32, 64), 8) == (1.5, 1.5)  # median box 6 px at native, 12 px at 2×
+
+
+def test_segmentation_is_the_drawing_in_classes():
+    for i, fam in enumerate(("document", "chart", "scene")):
+        s = make_sample(0, "train", i, family=fam)
+        mask = segmentation(s.meta)
+        assert mask.shape == (s.image.height, s.image.width)
+        ink = np.asarray(s.image).min(-1) < 200  # drawn pixels (white is 255)
+        assert (mask[~ink] == 0).mean() > 0.99  # background where nothing is drawn
+        want = {"text"} if fam == "document" else {"text", "bar"} if fam == "chart" else \
+            {o["shape"] for o in s.meta["objects"]}
+        assert {SEGMENTS[c] for c in np.unique(mask)} - {"background"} == want
+        W, H = s.meta["size"]
+        hw = budget_size(H, W, 8, 2, 4, 64)
+        lab = segment_patch_labels(s.meta, hw, 8)
+        assert lab.shape == (hw[0] // 8, hw[1] // 8) and {SEGMENTS[c] for c in np.unique(lab)} - {"background"} == want
+        words = word_patch_labels(s.meta, hw, 8)  # a patch inside a word is a text patch
+        assert fam == "scene" or (lab[words >= 0] == SEGMENTS.index("text")).mean() > 0.8
+        assert all(VOCAB[w] in " ".join(x[0] for x in s.meta["words"]) for w in np.unique(words[words >= 0]))
 
 
 def test_answers_are_balanced_and_chance_is_the_best_constant_answer():

@@ -25,7 +25,7 @@ class Recorder:
         self.asked += list(zip(images, prompts))
         self.sizes.append({k: kw[k] for k in ("fixed_size", "max_tokens")})
         start = len(self.asked) - len(prompts)
-        return [self.truths[start + i] if i < self.right else "?" for i in range(len(prompts))]
+        return [self.truths[(start + i) % len(self.truths)] if i < self.right else "?" for i in range(len(prompts))]
 
 
 def _truths(n):

@@ -272,14 +272,15 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):
 def test_eval_command_on_the_smoke_run(smoke_run, tmp_path, capsys):
     out, _, _ = smoke_run
     from minicomp.cli import main
-    assert main(["eval", str(out), "--samples", "3", "--budgets", "8", "16", "--out", str(tmp_path)]) == 0
+    assert main(["eval", str(out), "--samples", "3", "--budgets", "8", "16", "--probe-images", "40", "20",
+                 "--probe-steps", "20", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     r = json.loads((tmp_path / "eval.json").read_text())
     assert set(r) >= {"qa", "sweep", "probes", "native_vs_fixed"}
     assert r["qa"]["n"] == 6 and {"ci", "chance", "n"} <= set(r["qa"]["by_question"]["reading"])
-    assert set(r["sweep"]) == {"fixed 64px", "fixed 128px", "native ≤8 tokens", "native ≤16 tokens"}
+    assert set(r["sweep"]) == {"fixed 64px", "fixed 128px", "native ≤8 tokens", "native ≤16 tokens", "native ≤64 tokens"}
     assert set(r["probes"]) == {"original toy VFM", "CoMP-trained"}
-    assert "glyph" in r["probes"]["CoMP-trained"]["native <=256 patches"]
+    assert {"glyph", "word", "segment", "segment_miou", "title", "mean"} <= set(r["probes"]["CoMP-trained"]["native <=256 patches"])
     assert (tmp_path / "sweep.png").is_file() and "Resolution sweep" in printed and "blank images" in printed
 
 

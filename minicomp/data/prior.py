@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 
-def count_tokens(texts: Iterable[str], tokenizer, batch_size: int = 256, total: int | None = None) -> torch.Tensor:
+def count_tokens(texts: Iterable[str], tokenizer, batch_size: int = 256, total: int | None = None,
+                 progress: bool = True) -> torch.Tensor:
     """How often each token id occurs in `texts` (no special tokens added): (len(tokenizer),) int64."""
     counts = torch.zeros(len(tokenizer), dtype=torch.int64)
     batch: list[str] = []
@@ -19,7 +20,7 @@ def count_tokens(texts: Iterable[str], tokenizer, batch_size: int = 256, total: 
             counts.index_add_(0, torch.tensor(ids, dtype=torch.long), torch.ones(len(ids), dtype=torch.int64))
         batch.clear()
 
-    for t in tqdm(texts, total=total, desc="counting tokens", unit="text"):
+    for t in tqdm(texts, total=total, desc="counting tokens", unit="text", disable=not progress):
         batch.append(t)
         if len(batch) == batch_size:
             flush()

@@ -13,7 +13,8 @@ tall). Squashed to a fixed low-resolution square, the same glyphs fall below hal
 least one axis: the aspect ratio and the downscale take the detail. `meta["glyphs"]` holds every
 glyph's box, `glyph_patches` gives glyph height and width in patches at any size, and
 `glyph_patch_labels` the per-patch character labels a recognition probe is trained on
-(`word_patch_labels`: the word each patch lies in).
+(`word_patch_labels`: the word each patch lies in; all in `data.labels`). `segmentation` renders
+per-pixel ground truth (text, bars, each shape kind).
 
 **Answers are balanced.** Every count, word, letter and colour is drawn uniformly, so no
 question can be answered from its text much above its chance level (`chance_levels`).
@@ -45,6 +46,7 @@ GLYPHS = tuple(sorted(set("".join(WORDS) + "".join(LABELS))))  # every character
 VOCAB = WORDS + LABELS  # every word the world draws (a chart's label is a one-letter word)
 # each family's two question kinds: one that needs reading or fine detail, one about layout
 QUESTIONS = {"document": ("title", "lines"), "chart": ("longest", "bars"), "scene": ("colour", "shapes")}
+SEGMENTS = ("background", "text", "bar") + SHAPES  # per-pixel classes of `segmentation`
 READING = ("document/title", "chart/longest")  # the text-rich kinds: answered only by reading glyphs
 # (width, height) aspect ratios: landscape, portrait, square, up to 1:4
 ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16), (2, 1), (1, 2), (3, 1), (1, 3), (4, 1), (1, 4))
@@ -122,10 +124,11 @@ def _scene(rng) -> dict:
     return {"family": "scene", "size": (w, h), "objects": objs, "ask": ask[rng.integers(len(ask))]}
 
 
-def _draw_text(d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, glyphs: list, words: list) -> None:
+def _draw_text(d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, glyphs: list, words: list,
+               ink="black") -> None:
     """Draw `text`; record each non-space character's box [char, x0, y0, x1, y1] in `glyphs` and
     each word's box (the union of its characters') [word, x0, y0, x1, y1] in `words`."""
-    d.text(xy, text, fill="black", font=font)
+    d.text(xy, text, fill=ink, font=font)
     start = len(glyphs)
     for i, ch in enumerate(text):
         if ch != " ":
@@ -139,16 +142,19 @@ def _draw_text(d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font,
                       max(b[4] for b in boxes)])
 
 
-def _render(m: dict) -> tuple[Image.Image, list]:
-    """Draw the sample at its native size: budget-scale geometry times m["scale"]."""
+def _render(m: dict, mask: bool = False) -> tuple[Image.Image, list, list]:
+    """Draw the sample at its native size: budget-scale geometry times m["scale"]. mask=True: the
+    same drawing as an "L" image of SEGMENTS indices (per-pixel ground truth) instead of colours."""
     k = m["scale"]
     w, h = m["size"]
-    img = Image.new("RGB", (w, h), "white")
+    img = Image.new("L" if mask else "RGB", (w, h), 0 if mask else "white")
     d, glyphs, words = ImageDraw.Draw(img), [], []
+    paint = (lambda part, rgb: SEGMENTS.index(part)) if mask else (lambda part, rgb: rgb)
+    ink = paint("text", "black")
     font = _font(round(FONT_AT_BUDGET * k))
     if m["family"] == "document":
         for i, line in enumerate(m["lines"]):
-            _draw_text(d, (6 * k, (6 + i * 1.45 * FONT_AT_BUDGET) * k - font.getbbox("H")[1]), line, font, glyphs, words)
+            _draw_text(d, (6 * k, (6 + i * 1.45 * FONT_AT_BUDGET) * k - font.getbbox("H")[1]), line, font, glyphs, words, ink)
     elif m["family"] == "chart":
         n, hor = len(m["labels"]), m["horizontal"]
         long_, short = (h, w) if hor else (w, h)
@@ -156,18 +162,18 @@ def _render(m: dict) -> tuple[Image.Image, list]:
         for i, (lab, v) in enumerate(zip(m["labels"], m["lengths"])):
             a0, a1, b1 = 8 * k + slot * (i + 0.2), 8 * k + slot * (i + 0.8), base + room * v / 100
             if hor:  # label on the left, bar to the right
-                d.rectangle([base, a0, b1, a1], fill=(70, 110, 200))
-                _draw_text(d, (4 * k, (a0 + a1) / 2 - 0.6 * FONT_AT_BUDGET * k), lab, font, glyphs, words)
+                d.rectangle([base, a0, b1, a1], fill=paint("bar", (70, 110, 200)))
+                _draw_text(d, (4 * k, (a0 + a1) / 2 - 0.6 * FONT_AT_BUDGET * k), lab, font, glyphs, words, ink)
             else:  # label under the bar, bar up
-                d.rectangle([a0, h - b1, a1, h - base], fill=(70, 110, 200))
-                _draw_text(d, ((a0 + a1) / 2 - 0.35 * FONT_AT_BUDGET * k, h - base + 2 * k), lab, font, glyphs, words)
+                d.rectangle([a0, h - b1, a1, h - base], fill=paint("bar", (70, 110, 200)))
+                _draw_text(d, ((a0 + a1) / 2 - 0.35 * FONT_AT_BUDGET * k, h - base + 2 * k), lab, font, glyphs, words, ink)
         if hor:
-            d.line([(base, 4 * k), (base, h - 4 * k)], fill="black")
+            d.line([(base, 4 * k), (base, h - 4 * k)], fill=paint("background", "black"))
         else:
-            d.line([(4 * k, h - base), (w - 4 * k, h - base)], fill="black")
+            d.line([(4 * k, h - base), (w - 4 * k, h - base)], fill=paint("background", "black"))
     else:
         for o in m["objects"]:
-            cx, cy, r, c = o["x"] * k, o["y"] * k, o["r"] * k, COLORS[o["color"]]
+            cx, cy, r, c = o["x"] * k, o["y"] * k, o["r"] * k, paint(o["shape"], COLORS[o["color"]])
             box = [cx - r, cy - r, cx + r, cy + r]
             if o["shape"] == "circle":
                 d.ellipse(box, fill=c)
@@ -238,47 +244,9 @@ def make_sample(seed: int, split: str, index: int, family: str | None = None, re
     return Sample(image, cap, conv, m)
 
 
-def glyph_size(meta: dict) -> tuple[float, float]:
-    """Median (height, width) in native pixels of the sample's drawn glyph boxes; (0, 0) without text."""
-    g = meta.get("glyphs") or []
-    if not g:
-        return 0.0, 0.0
-    return float(np.median([b[4] - b[2] for b in g])), float(np.median([b[3] - b[1] for b in g]))
-
-
-def glyph_patches(meta: dict, size_hw: tuple[int, int], patch: int) -> tuple[float, float]:
-    """Median glyph (height, width) in patches once the image is resized to size_hw = (H, W)."""
-    gh, gw = glyph_size(meta)
-    W, H = meta["size"]
-    return gh * size_hw[0] / H / patch, gw * size_hw[1] / W / patch
-
-
-def glyph_patch_labels(meta: dict, size_hw: tuple[int, int], patch: int) -> np.ndarray:
-    """(h, w) int per-patch labels for an image resized to size_hw: the index in GLYPHS of the
-    glyph whose box centre lies in that patch (the largest box if several), -1 for none."""
-    H, W = size_hw
-    sx, sy = W / meta["size"][0], H / meta["size"][1]
-    lab, area = np.full((H // patch, W // patch), -1, dtype=np.int64), np.zeros((H // patch, W // patch))
-    for ch, x0, y0, x1, y1 in meta.get("glyphs") or []:
-        r, c = int((y0 + y1) / 2 * sy // patch), int((x0 + x1) / 2 * sx // patch)
-        a = (x1 - x0) * (y1 - y0)
-        if 0 <= r < lab.shape[0] and 0 <= c < lab.shape[1] and a > area[r, c]:
-            lab[r, c], area[r, c] = GLYPHS.index(ch), a
-    return lab
-
-
-def word_patch_labels(meta: dict, size_hw: tuple[int, int], patch: int) -> np.ndarray:
-    """(h, w) int per-patch labels for an image resized to size_hw: the index in VOCAB of the word
-    whose box holds the patch's centre, -1 for none."""
-    H, W = size_hw
-    h, w = H // patch, W // patch
-    cy = (np.arange(h) + 0.5) * patch * meta["size"][1] / H  # patch centres in native pixels
-    cx = (np.arange(w) + 0.5) * patch * meta["size"][0] / W
-    lab = np.full((h, w), -1, dtype=np.int64)
-    for word, x0, y0, x1, y1 in meta.get("words") or []:
-        rows, cols = (cy >= y0) & (cy <= y1), (cx >= x0) & (cx <= x1)
-        lab[np.ix_(rows, cols)] = VOCAB.index(word)
-    return lab
+def segmentation(meta: dict) -> np.ndarray:
+    """(H, W) uint8 per-pixel ground truth at native size: indices into SEGMENTS."""
+    return np.asarray(_render(meta, mask=True)[0])
 
 
 @lru_cache(maxsize=4)

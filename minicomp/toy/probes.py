@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.resize import resize_fixed, resize_to_budget, to_tensor
-from ..data.synthetic import COLORS, FAMILIES, LABELS, WORDS, glyph_patch_labels, make_sample, word_patch_labels
+from ..data.labels import glyph_patch_labels, segment_patch_labels, word_patch_labels
+from ..data.synthetic import COLORS, FAMILIES, LABELS, SEGMENTS, WORDS, make_sample
 from ..vision import CRoPEViT
 
 RESOLUTION = 64  # the toy VFMs' pretraining size
@@ -139,46 +140,129 @@ def patch_features(vit: nn.Module, images: list[torch.Tensor], batch: int = 64) 
     return [t for i in range(0, len(images), batch) for t in enc(images[i:i + batch]).split()]
 
 
-def glyph_probe(vit: nn.Module, train, test, size: int | None = RESOLUTION, max_patches: int = NATIVE_PATCHES,
-                max_per_image: int = 24, target: str = "glyph") -> dict:
-    """Reading from single patch tokens, with images squashed to size×size or (size=None) at
-    native resolution within `max_patches`. `target`: "glyph" (which character is centred in the
-    patch; only patches holding a centre count) or "word" (which word the patch lies in; only
-    patches inside a word count). `train`, `test`: `probe_images` output.
-    -> {"accuracy", "chance" (the commonest label), "n"}."""
-    labeller = {"glyph": glyph_patch_labels, "word": word_patch_labels}[target]
+def _labels(target: str, meta: dict, hw: tuple[int, int], patch: int) -> torch.Tensor:
+    """(h*w,) per-patch labels of one target; -1 where a patch does not count."""
+    if target == "segment":
+        return torch.from_numpy(segment_patch_labels(meta, hw, patch)).flatten()
+    return torch.from_numpy({"glyph": glyph_patch_labels, "word": word_patch_labels}[target](meta, hw, patch)).flatten()
+
+
+def patch_probes(vit: nn.Module, train, test, size: int | None = RESOLUTION, max_patches: int = NATIVE_PATCHES,
+                 targets: tuple[str, ...] = ("glyph", "word", "segment"), max_per_image: int = 24) -> dict:
+    """Linear probes on single patch tokens, with images squashed to size×size or (size=None) at
+    native resolution within `max_patches`. Targets: "glyph" (the character centred in the patch;
+    patches holding a centre count), "word" (the word the patch lies in; patches inside a word
+    count) and "segment" (text, bar, circle, square, triangle or background, from the rendered
+    per-pixel ground truth; every patch counts). At most `max_per_image` patches per image
+    (evenly spaced). -> {target: {"accuracy", "chance" (the commonest label), "n"} (+ "miou",
+    the mean intersection over union over classes, for "segment")}."""
     cfg, p = vit.pretrained_cfg, vit.patch_embed.patch_size[0]
-    xs, ys = [], []
-    for imgs, _, metas in (train, test):
-        keep = [i for i, m in enumerate(metas) if m.get("glyphs")]
-        sized = [_resize(imgs[i], p, size, max_patches) for i in keep]
+    data = {t: [None, None] for t in targets}  # target -> [train, test], each (features, labels)
+    for split, (imgs, _, metas) in enumerate((train, test)):
+        sized = [_resize(im, p, size, max_patches) for im in imgs]
         feats = patch_features(vit, [to_tensor(im, cfg["mean"], cfg["std"]) for im in sized])
-        x, y = [], []
-        for f, im, i in zip(feats, sized, keep):
-            lab = torch.from_numpy(labeller(metas[i], (im.height, im.width), p)).flatten()  # (h*w,)
-            idx = (lab >= 0).nonzero()[:max_per_image, 0]
-            x.append(f[idx])
-            y.append(lab[idx])
-        xs.append(torch.cat(x))
-        ys.append(torch.cat(y))
-    probe = fit_probe(xs[0], ys[0])
-    with torch.no_grad():
-        acc = float((probe(xs[1]).argmax(1) == ys[1]).float().mean())
-    top = Counter(ys[0].tolist()).most_common(1)[0][0]
-    return {"accuracy": acc, "chance": float((ys[1] == top).float().mean()), "n": len(ys[1])}
+        for t in targets:
+            x, y = [], []
+            for f, im, m in zip(feats, sized, metas):
+                lab = _labels(t, m, (im.height, im.width), p)
+                idx = (lab >= 0).nonzero()[:, 0]
+                idx = idx[torch.linspace(0, len(idx) - 1, min(len(idx), max_per_image)).long()] if len(idx) else idx
+                x.append(f[idx])
+                y.append(lab[idx])
+            data[t][split] = (torch.cat(x), torch.cat(y))
+    out = {}
+    for t in targets:
+        (tr_x, tr_y), (te_x, te_y) = data[t]
+        probe = fit_probe(tr_x, tr_y)
+        with torch.no_grad():
+            pred = probe(te_x).argmax(1)
+        top = Counter(tr_y.tolist()).most_common(1)[0][0]
+        out[t] = {"accuracy": float((pred == te_y).float().mean()), "chance": float((te_y == top).float().mean()),
+                  "n": len(te_y)}
+        if t == "segment":
+            ious = [((pred == c) & (te_y == c)).sum() / ((pred == c) | (te_y == c)).sum()
+                    for c in range(len(SEGMENTS)) if (te_y == c).any()]
+            out[t]["miou"] = float(torch.stack(ious).mean())
+    return out
+
+
+def glyph_probe(vit: nn.Module, train, test, size: int | None = RESOLUTION, max_patches: int = NATIVE_PATCHES,
+                target: str = "glyph") -> dict:
+    """One patch probe (`patch_probes`): {"accuracy", "chance", "n"}."""
+    return patch_probes(vit, train, test, size, max_patches, (target,))[target]
 
 
 def measure_probes(vit: nn.Module, train, test, size: int | None = RESOLUTION, max_patches: int = NATIVE_PATCHES,
-                   glyphs: bool = True) -> dict:
-    """Attribute probes (and the glyph probe) with images squashed to size×size, or (size=None)
+                   glyphs: bool = True, attentive: bool = False, attentive_steps: int = 300) -> dict:
+    """Attribute probes (and the patch probes) with images squashed to size×size, or (size=None)
     at native resolution within `max_patches` patches. `train`, `test`: `probe_images` output.
-    The ViT sees other sizes through APE interpolation alone (CRoPEViT, RoPE off).
-    -> {attribute: accuracy, "mean": mean over attributes, "glyph", "word": the per-patch probes}."""
+    A timm ViT sees other sizes through APE interpolation alone (CRoPEViT, RoPE off).
+    `attentive`: attribute probes with attentive pooling over the patch tokens (`AttentiveProbe`,
+    as the paper probes its VFMs) instead of logistic regression on the ViT's own pooled output.
+    -> {attribute: accuracy, "mean": mean over attributes, "glyph", "word", "segment" (accuracy),
+    "segment_miou"}."""
     cfg, p = vit.pretrained_cfg, vit.patch_embed.patch_size[0]
-    feats = [pooled_features(vit, [to_tensor(_resize(im, p, size, max_patches), cfg["mean"], cfg["std"])
-                                   for im in imgs]) for imgs, _, _ in (train, test)]
-    out = probe_accuracy(feats[0], train[1], feats[1], test[1])
+    pixels = [[to_tensor(_resize(im, p, size, max_patches), cfg["mean"], cfg["std"]) for im in imgs]
+              for imgs, _, _ in (train, test)]
+    if attentive:
+        feats = [patch_features(vit, px) for px in pixels]
+        out = attentive_probe_accuracy(feats[0], train[1], feats[1], test[1], steps=attentive_steps)
+    else:
+        feats = [pooled_features(vit, px) for px in pixels]
+        out = probe_accuracy(feats[0], train[1], feats[1], test[1])
     if glyphs:
-        for target in ("glyph", "word"):
-            out[target] = glyph_probe(vit, train, test, size, max_patches, target=target)["accuracy"]
+        pp = patch_probes(vit, train, test, size, max_patches)
+        out.update({t: r["accuracy"] for t, r in pp.items()})
+        out["segment_miou"] = pp["segment"]["miou"]
+    return out
+
+
+class AttentiveProbe(nn.Module):
+    """Attentive pooling then a linear classifier, on frozen patch tokens: one learned query attends
+    over an image's tokens (multi-head), as in the probes of DINOv2/AIMv2 that the paper uses."""
+
+    def __init__(self, dim: int, n_classes: int, heads: int = 4):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, tokens: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, D), pad (B, N) True where padding -> logits (B, n_classes)."""
+        z, _ = self.attn(self.query.expand(len(tokens), -1, -1), tokens, tokens, key_padding_mask=pad)  # (B, 1, D)
+        return self.head(self.norm(z[:, 0]))
+
+
+def _pad(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of (N_i, D) -> (B, N_max, D) zero-padded, and the (B, N_max) padding mask."""
+    x = nn.utils.rnn.pad_sequence(tokens, batch_first=True)  # (B, N_max, D)
+    lens = torch.tensor([len(t) for t in tokens])
+    return x, torch.arange(x.shape[1])[None] >= lens[:, None]
+
+
+def attentive_probe_accuracy(train_tokens: list[torch.Tensor], train_y: torch.Tensor, test_tokens: list[torch.Tensor],
+                             test_y: torch.Tensor, steps: int = 300, batch: int = 128, lr: float = 1e-3,
+                             seed: int = 0) -> dict[str, float]:
+    """One `AttentiveProbe` per attribute (AdamW, `steps` minibatches), fitted where the attribute
+    applies; test accuracy per attribute and their mean."""
+    (xtr, ptr), (xte, pte) = _pad(train_tokens), _pad(test_tokens)
+    mean, std = xtr[~ptr].mean(0), xtr[~ptr].std(0) + 1e-6  # standardise with the training tokens' statistics
+    xtr, xte = (xtr - mean) / std, (xte - mean) / std
+    out = {}
+    for j, name in enumerate(ATTRIBUTES):
+        tr, te = (train_y[:, j] >= 0).nonzero()[:, 0], (test_y[:, j] >= 0).nonzero()[:, 0]
+        torch.manual_seed(seed)
+        probe = AttentiveProbe(xtr.shape[-1], int(max(train_y[:, j].max(), test_y[:, j].max())) + 1)
+        opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-2)
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            b = tr[torch.randint(len(tr), (min(batch, len(tr)),), generator=g)]
+            loss = F.cross_entropy(probe(xtr[b], ptr[b]), train_y[b, j])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out[name] = float((probe(xte[te], pte[te]).argmax(1) == test_y[te, j]).float().mean())
+    out["mean"] = sum(out.values()) / len(ATTRIBUTES)
     return out

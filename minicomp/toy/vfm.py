@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from ..data.resize import resize_fixed, resize_to_budget
-from ..data.synthetic import GLYPHS, VOCAB, glyph_patch_labels, make_sample, word_patch_labels
+from ..data.labels import glyph_patch_labels, word_patch_labels
+from ..data.synthetic import GLYPHS, VOCAB, make_sample
 from .probes import (ATTRIBUTES, NATIVE_PATCHES, READING_ATTRIBUTES, RESOLUTION, attribute, attributes,
                      glyph_probe, measure_probes, pooled_features, probe_images)
 
