@@ -57,7 +57,8 @@ def write_report(out: Path, cfg: TrainConfig, meta: dict) -> str:
                       + kind_table(final) + "\n\nWhat it shows (paired over the same questions):\n\n"
                       + "\n".join(effect_lines(final, *(fixed[0][::-1] if fixed else (None, "")))))
         from .viz.sweep import plot_sweep
-        fig = plot_sweep(sweep)
+        last = cfg.stages[-1]
+        fig = plot_sweep(sweep, train_budget=last.max_tokens if last.resolution == "native" else None)
         fig.savefig(out / "sweep.png", dpi=110)
         plt.close(fig)
         table += "\n\n![resolution sweep](sweep.png)"

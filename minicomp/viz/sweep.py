@@ -45,8 +45,11 @@ def plot_sweep(sweep: dict, groups: tuple[str, ...] = ("reading", "all"), unit: 
         ax.axhline(chance, color="k", ls=":", lw=1, label="chance")
         if train_budget:
             ax.axvline(train_budget, color="tab:green", lw=1, alpha=0.5, label="training budget")
+        ticks = sorted({p["tokens"] for p in pts})
         ax.set(xscale="log", xlabel="visual tokens per image (after the 2×2 merger)", ylabel="exact match",
                title=f"{g} questions", ylim=(0, 1))
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
