@@ -4,9 +4,12 @@ resolution (APE interpolation alone, no RoPE), against the same ViT with random 
 - attribute probes: one multinomial logistic regression per ground-truth attribute on the ViT's
   own pooled embedding. Four are layout (family, count, left_colour, longest_third) and two need
   reading (a document's title, the letter under a chart's longest bar).
-- the glyph probe: logistic regression on single patch tokens, predicting which character's box
-  centre lies in that patch (documents and charts). It measures legibility where it matters,
-  in the tokens the merger passes on.
+- patch probes: logistic regression on single patch tokens, predicting which character's box
+  centre lies in that patch ("glyph"), which word the patch lies in ("word"), and which part of
+  the image it shows ("segment": text, bar, a shape kind, background; rendered ground truth).
+  They measure legibility where it matters, in the tokens the merger passes on.
+- `AttentiveProbe`: attentive pooling over the patch tokens then a linear classifier, the
+  paper's kind of probe, for the attributes (`measure_probes(attentive=True)`).
 """
 from __future__ import annotations
 
@@ -85,6 +88,8 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 200, weight_decay: 
     """Multinomial logistic regression on standardised features (full-batch L-BFGS)."""
     mean, std = x.mean(0), x.std(0) + 1e-6
     lin = nn.Linear(x.shape[1], int(y.max()) + 1)
+    nn.init.zeros_(lin.weight)  # the problem is convex: start at zero, so the fit never depends on the global RNG
+    nn.init.zeros_(lin.bias)
     opt = torch.optim.LBFGS(lin.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
     xs = (x - mean) / std
 

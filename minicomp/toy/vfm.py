@@ -10,8 +10,8 @@ Each sees two kinds of 64×64 input in pretraining, as real VFMs do:
   layer scale, ImageNet mean/std). It never sees text. DINOv2's self-supervision does not fit a
   few CPU minutes: a masked-image-modelling version we tried gave linear probes no better than
   random weights. So it is pretrained like a supervised ViT: one head per layout attribute
-  (`LAYOUT`) on the squashed images, and a per-patch glyph head (which character is centred
-  in each patch) on the crops, like a dense OCR objective.
+  (`LAYOUT`) on the squashed images, and two per-patch heads on the crops, like a dense OCR
+  objective: which character is centred in each patch, and which word the patch lies in.
 - ``siglip``: image–text contrastive with SigLIP's sigmoid loss (same timm architecture family:
   no class token, attention-pool head, mean/std 0.5), against a small bag-of-words text tower
   over the toy tokenizer: squashed images with their captions, crops with the characters they
