@@ -250,13 +250,14 @@ def test_tokenizer_without_image_token_pad_or_template_is_completed():
     raw.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"], show_progress=False))
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>")
     assert "<image>" not in tok.get_vocab() and tok.pad_token is None and tok.chat_template is None
+    n0 = len(tok)
     lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                       num_attention_heads=2, num_key_value_heads=1))
     vit = timm.create_model("vit_small_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
                             num_classes=0)
     model = mc.CoMPModel(mc.CRoPEViT.from_timm(vit), lm, tok)
     assert tok.convert_ids_to_tokens(model.config.image_token_id) == "<image>"
-    assert lm.get_input_embeddings().num_embeddings == len(tok) == 301 and tok.pad_token == "<eos>"
+    assert lm.get_input_embeddings().num_embeddings == len(tok) == n0 + 1 and tok.pad_token == "<eos>"
     out = model(_batch(model, n=2))
     assert torch.isfinite(out.loss) and out.n_supervised > 0
 
