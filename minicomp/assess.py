@@ -81,14 +81,14 @@ def assess(path: str | Path, only: tuple[str, ...] = PARTS, n: int = 150, max_to
         sizes.update({f"native ≤{b} tokens": {"max_tokens": b} for b in sorted({*budgets, max_tokens})})
         sweep = resolution_sweep(model, sizes, n, progress=True)
         result["sweep"] = sweep
-        from .report import _per_question, effect_lines
+        from .report import per_question_table, effect_lines
         from .viz.sweep import plot_sweep
         import matplotlib.pyplot as plt
 
         fig = plot_sweep(sweep, train_budget=max_tokens)
         fig.savefig(out / "sweep.png", dpi=110)
         plt.close(fig)
-        md += ["## Resolution sweep" + _per_question(list(sweep.items()), "Every resolution"), ""]
+        md += ["## Resolution sweep" + per_question_table(list(sweep.items()), "Every resolution"), ""]
         own = sweep.get(f"native ≤{max_tokens} tokens")
         if own is not None and fixed:
             md += ["What it shows (paired over the same questions):", "",

@@ -100,13 +100,3 @@ def resolution_sweep(model, resolutions: dict[str, dict], n: int, **kw) -> dict:
     "native ≤64 tokens": {"max_tokens": 64}} -> {label: result}. The same model and questions
     at every size, so the differences are the resolution's alone."""
     return {label: with_control(model, n, **size, **kw) for label, size in resolutions.items()}
-
-
-def by_kind_table(results: list[tuple[str, dict]]) -> list[dict]:
-    """Rows for a report: per result, per kind, real and blank accuracy with interval, chance, n."""
-    rows = []
-    for name, r in results:
-        for kind, s in r["by_question"].items():
-            b = r["blank"]["by_question"][kind] if "blank" in r else None
-            rows.append({"name": name, "kind": kind, **s, "blank": b["accuracy"] if b else None})
-    return rows

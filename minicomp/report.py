@@ -45,11 +45,11 @@ def write_report(out: Path, cfg: TrainConfig, meta: dict) -> str:
                      + (f"{_ends(r, 'loss_dec')[0]:.3f} → {_ends(r, 'loss_dec')[1]:.3f} | "
                         f"{_ends(r, 'loss_align')[1]:.3f} | " if r else "– | – | ")
                      + (f"{ev['accuracy']:.3f} | {ev['blank']['accuracy']:.3f}" if ev else "– | –") + " |")
-    table = "\n".join(lines) + _per_question([(s.name, meta["evals"][s.name]) for s in cfg.stages
+    table = "\n".join(lines) + per_question_table([(s.name, meta["evals"][s.name]) for s in cfg.stages
                                                if s.name in meta["evals"]], "Exact match per question after each stage")
     if meta.get("by_resolution"):
         sweep = meta["by_resolution"]
-        table += _per_question(list(sweep.items()), "The final model at every resolution")
+        table += per_question_table(list(sweep.items()), "The final model at every resolution")
         final = sweep.get(stage_mode(cfg.stages[-1]))
         fixed = [(k, v) for k, v in sweep.items() if k.startswith("fixed")]
         if final is not None:
@@ -74,7 +74,7 @@ def _ends(rows: list[dict], key: str) -> tuple[float, float]:
     return sum(r[key] for r in rows[:k]) / k, sum(r[key] for r in rows[-k:]) / k
 
 
-def _per_question(evals: list[tuple[str, dict]], title: str) -> str:
+def per_question_table(evals: list[tuple[str, dict]], title: str) -> str:
     """A markdown table: one row per (name, exact-match result): all, reading, and each kind,
     "real / blank"; the header gives each kind's chance level and n."""
     if not evals:

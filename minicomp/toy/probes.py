@@ -191,12 +191,6 @@ def patch_probes(vit: nn.Module, train, test, size: int | None = RESOLUTION, max
     return out
 
 
-def glyph_probe(vit: nn.Module, train, test, size: int | None = RESOLUTION, max_patches: int = NATIVE_PATCHES,
-                target: str = "glyph") -> dict:
-    """One patch probe (`patch_probes`): {"accuracy", "chance", "n"}."""
-    return patch_probes(vit, train, test, size, max_patches, (target,))[target]
-
-
 def measure_probes(vit: nn.Module, train, test, size: int | None = RESOLUTION, max_patches: int = NATIVE_PATCHES,
                    glyphs: bool = True, attentive: bool = False, attentive_steps: int = 300) -> dict:
     """Attribute probes (and the patch probes) with images squashed to size×size, or (size=None)

@@ -41,14 +41,14 @@ from ..data.resize import resize_fixed, resize_to_budget
 from ..data.labels import glyph_patch_labels, word_patch_labels
 from ..data.synthetic import GLYPHS, VOCAB, make_sample
 from .probes import (ATTRIBUTES, NATIVE_PATCHES, READING_ATTRIBUTES, RESOLUTION, attribute, attributes,
-                     glyph_probe, measure_probes, pooled_features, probe_images)
+                     measure_probes, pooled_features, probe_images)
 
 TOY_VIT = dict(img_size=RESOLUTION, patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=3.0, num_classes=0)
 TOY_VFMS = {"vision": "vit_small_patch14_dinov2", "siglip": "vit_base_patch16_siglip_224"}  # kind -> timm architecture
 LAYOUT = tuple(a for a in ATTRIBUTES if a not in READING_ATTRIBUTES)  # what the squashed images are trained on
 
 __all__ = ["ATTRIBUTES", "LAYOUT", "RESOLUTION", "TOY_VFMS", "attribute", "attributes", "build_toy_vfm",
-           "create_toy_vit", "glyph_crops", "glyph_probe", "measure_probes", "pooled_features", "probe_images",
+           "create_toy_vit", "glyph_crops", "measure_probes", "pooled_features", "probe_images",
            "render_fixed"]
 
 
