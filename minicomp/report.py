@@ -92,6 +92,8 @@ def per_question_table(evals: list[tuple[str, dict]], title: str) -> str:
 def effect_lines(final: dict, fixed: dict | None, fixed_label: str = "") -> list[str]:
     """The claims in numbers: the final model's reading accuracy against blank images and against
     the fixed low-resolution square, as paired differences with standard errors."""
+    if "reading" not in final["vs_blank"]:  # fewer than two reading questions: nothing to pair
+        return [f"- too few reading questions to compare ({final['by_question'].get('reading', {}).get('n', 0)})"]
     r = final["by_question"]["reading"]
     lines = [f"- reading kinds (n {r['n']}, chance {r['chance']:.2f}): real images {r['accuracy']:.3f} "
              f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}], blank images {final['blank']['by_question']['reading']['accuracy']:.3f}"]
@@ -99,7 +101,7 @@ def effect_lines(final: dict, fixed: dict | None, fixed_label: str = "") -> list
     lines.append(f"- real − blank: {d['diff']:+.3f} ± {d['se']:.3f} (z = {d['z']:.1f})")
     if fixed is not None:
         from .evaluate import compare
-        d = compare(final, fixed)["reading"]
+        d = compare(final, fixed)["reading"]  # same questions as vs_blank: present
         lines.append(f"- native − {fixed_label}: {d['diff']:+.3f} ± {d['se']:.3f} (z = {d['z']:.1f}); "
                      f"{fixed_label} scores {fixed['by_question']['reading']['accuracy']:.3f}")
     return lines
