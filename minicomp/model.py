@@ -7,7 +7,6 @@ its output embedding (`lm_head`) is applied only where a label is supervised.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
@@ -30,6 +29,7 @@ from .data.processor import Processor
 from .data.resize import resize_fixed, resize_to_budget, to_tensor
 from .data.tokenize import IGNORE, IMAGE_TOKEN, encode_prompt
 from .known_llms import IMAGE_TOKEN_IDS, llm_config
+from .progress import no_progress_bars, small_local_model
 from .merger import PatchMerger
 from .packed import Packed
 from .toy.tokenizer import CHAT_TEMPLATE
@@ -100,28 +100,6 @@ def _load_vision(spec: str, pretrained: bool, cfg: CoMPConfig) -> CRoPEViT:
     return CRoPEViT.from_timm(vit, **kw)
 
 
-def _small(llm: str | os.PathLike) -> bool:
-    """A local LLM folder whose weights take under 50 MB (the toy LLM): loaded or saved in a blink."""
-    files = list(Path(llm).glob("*.safetensors")) if Path(llm).is_dir() else []
-    return bool(files) and sum(f.stat().st_size for f in files) < 50e6
-
-
-@contextlib.contextmanager
-def _no_progress_bars(quiet: bool = True):
-    """transformers' per-file "Loading weights" / "Writing model shards" bars off, for small models
-    whose bar would only flash by (they clutter notebooks and logs); large models keep theirs."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    if quiet:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def _prepare_tokenizer(tokenizer, llm: nn.Module):
     """Add `<image>` (and a pad token) where missing; grow the LLM's embeddings if needed."""
     if IMAGE_TOKEN not in tokenizer.get_vocab():
@@ -176,7 +154,7 @@ class CoMPModel(nn.Module):
         cfg = CoMPConfig.from_dict({**config, **{k: v for k, v in (("vision", vision), ("llm", llm)) if v}})
         enc = _load_vision(cfg.vision, pretrained, cfg)
         if pretrained:
-            with _no_progress_bars(_small(cfg.llm)):
+            with no_progress_bars(small_local_model(cfg.llm)):
                 lm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=torch.float32)
         else:
             lm = AutoModelForCausalLM.from_config(llm_config(cfg.llm))
@@ -339,7 +317,7 @@ class CoMPModel(nn.Module):
                                                                     ("prototypes", self.prototypes)) if v is not None}
             if extra:
                 save_file(extra, tmp / "extra.safetensors")
-            with _no_progress_bars(sum(p.numel() for p in self.llm.parameters()) < 10_000_000):
+            with no_progress_bars(sum(p.numel() for p in self.llm.parameters()) < 10_000_000):
                 self.llm.save_pretrained(tmp / "llm")
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp / "llm")
@@ -358,7 +336,7 @@ class CoMPModel(nn.Module):
             raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a folder written by CoMPModel.save_pretrained")
         cfg = CoMPConfig.from_dict({**json.loads((path / CONFIG_FILE).read_text()), **overrides})
         enc = CRoPEViT.from_pretrained(path / "vision", attn_backend=cfg.attn_backend)
-        with _no_progress_bars(_small(path / "llm")):
+        with no_progress_bars(small_local_model(path / "llm")):
             lm = AutoModelForCausalLM.from_pretrained(path / "llm", dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(path / "llm") if (path / "llm" / "tokenizer_config.json").is_file() else None
         merger = PatchMerger(enc.embed_dim, lm.config.hidden_size, cfg.merge)

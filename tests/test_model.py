@@ -279,3 +279,16 @@ def test_full_scale_llm_from_a_local_config_json_without_weights(tmp_path):
     assert model.llm.config.hidden_size == 64 and model.tokenizer is None and model.merger.vision_dim == 384
     with pytest.raises(ValueError, match="image placeholder id is unknown"):
         mc.CoMPModel.from_pretrained(vision="vit_small_patch16_224", llm=str(tmp_path), pretrained=False)
+
+
+def test_transformers_bars_off_for_small_local_models_only():
+    from transformers.utils import logging as hf_logging
+
+    from minicomp.progress import no_progress_bars, small_local_model
+    assert small_local_model(TOY_LLM_PATH) and not small_local_model("Qwen/Qwen2.5-0.5B")
+    assert hf_logging.is_progress_bar_enabled()
+    with no_progress_bars(True):
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()  # restored
+    with no_progress_bars(False):
+        assert hf_logging.is_progress_bar_enabled()
