@@ -1,19 +1,37 @@
-"""Training-step throughput: step time, samples/s, tokens/s and peak memory.
+"""Training-step throughput, measured on what the preset really trains.
 
-    python benchmarks/train_step.py                     # the tiny preset's Stage II-native step, CPU
-    python benchmarks/train_step.py --paper             # CUDA: paper-1b-siglip's architecture (random
-                                                        # weights), a native-resolution batch, with MFU
+    python benchmarks/train_step.py                        # tiny, Stage II-native: samples/s and the split by part
+    python benchmarks/train_step.py --stage III            # another stage
+    python benchmarks/train_step.py --against c216eef      # this tree and an older commit, interleaved in one run
+    python benchmarks/train_step.py --paper                # CUDA: paper-1b-siglip's architecture (random
+                                                           # weights), a native-resolution batch, with MFU
 
-MFU (model FLOPs utilisation) counts 6 FLOPs per parameter per token for the LLM and for the
-ViT's patches (forward + backward), plus the attention score and value products, over the
-step time and the GPU's dense bf16 peak (--peak-tflops, 989 for an H100 SXM).
+A step is what `minicomp train` runs: the stage's own data task, processor and micro-batch, the
+`DataLoader` over `StepBatches` with the preset's `num_workers`, gradient accumulation to the
+global batch, clipping and AdamW. With --against, each tree runs in its own process (the old one
+from `git archive REV`), and the two take turns, a few steps each, so that both see the same
+machine; medians and the ratio come from that one run.
+
+The split by part times each part alone on the same micro-batches (vision, merger and LLM forward
++ backward, the caption pass for F_t, the alignment loss, the optimiser, data preparation); their
+sum is printed beside the measured step, so what is not attributed is visible.
+
+MFU (--paper) counts 6 FLOPs per parameter per token for the LLM and for the ViT's patches
+(forward + backward), plus the attention score and value products, over the step time and the
+GPU's dense bf16 peak (--peak-tflops, 989 for an H100 SXM).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -21,6 +39,8 @@ import minicomp as mc
 import minicomp.data as d
 from minicomp.config import load_config
 from minicomp.stages import apply_stage
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def model_flops(model, batch) -> float:
@@ -35,24 +55,186 @@ def model_flops(model, batch) -> float:
     return 3 * (2 * vit_params * sum(patches) + 2 * llm_params * tokens + attn_llm + attn_vit)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--paper", action="store_true", help="paper-1b-siglip's architecture on CUDA")
-    ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU")
-    args = ap.parse_args()
-    device = "cuda" if args.paper else "cpu"
-    if args.paper:
-        if not torch.cuda.is_available():
-            raise SystemExit("--paper needs a CUDA GPU")
-        cfg = load_config("paper-1b-siglip")
-        model = mc.CoMPModel.from_pretrained(pretrained=False, **cfg.model).to(device)
-        stage, batch_size = cfg.stage("II-native"), args.batch or 4  # no tokenizer offline: synthetic ids below
-    else:
-        cfg = load_config("tiny")
-        model = mc.CoMPModel.from_preset("tiny")
-        stage, batch_size = cfg.stage("II-native"), args.batch or cfg.global_batch
+# ---- the tiny preset's step, as it trains ---------------------------------------------------
+
+def _setup(preset: str, stage_name: str, steps: int):
+    """The preset's model, optimiser and step iterator for one stage (works on older trees too)."""
+    from torch.utils.data import DataLoader
+    from minicomp.stage_data import StepBatches, build_dataset, sample_order
+
+    torch.manual_seed(0)
+    cfg = load_config(preset)
+    stage = cfg.stage(stage_name)
+    model = mc.CoMPModel.from_pretrained(pretrained=True, **cfg.model)
+    model.set_word_prior(torch.ones(model.llm.get_input_embeddings().num_embeddings))  # its value costs nothing
+    groups = apply_stage(model, stage, log_fn=lambda *_: None)
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    G = stage.batch or cfg.global_batch
+    ds = build_dataset(cfg.data[stage.data], cfg.seed)
+    proc = model.processor(fixed_size=stage.fixed_size if stage.resolution == "fixed" else None,
+                           min_tokens=stage.min_tokens, max_tokens=stage.max_tokens, max_length=stage.max_length)
+    batches = StepBatches(ds, proc, sample_order(len(ds), steps * G, cfg.seed), G, cfg.micro_batch, 0, 1,
+                          model.tokenizer.pad_token_id)
+    loader = iter(DataLoader(batches, batch_size=None, num_workers=cfg.num_workers))
+    params = [p for g in groups for p in g["params"]]
+
+    def step() -> float:
+        t = time.perf_counter()
+        for _ in range(batches.accum):
+            (model(next(loader)).loss / batches.accum).backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
+    return cfg, stage, model, opt, batches, step, G
+
+
+def worker(args) -> None:
+    """Run steps on request: a line "N" on stdin -> N step times as one JSON line on stdout."""
+    cfg, stage, model, _, batches, step, G = _setup(args.preset, args.stage, args.steps)
+    step(), step()  # warm-up
+    print(json.dumps({"ready": True, "global_batch": G, "micro_batch": cfg.micro_batch,
+                      "num_workers": cfg.num_workers}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        print(json.dumps([step() for _ in range(int(line))]), flush=True)
+
+
+def _spawn(tree: Path, args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--preset", args.preset, "--stage", args.stage,
+           "--steps", str(args.steps + 4)]
+    return subprocess.Popen(cmd, cwd=tempfile.gettempdir(), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+
+
+def against(args) -> None:
+    """This tree and `args.against` (a git revision), taking turns in one run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "old"
+        old.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.against, "minicomp"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        names = {f"{args.against} (old)": old, "this tree": ROOT}
+        procs = {n: _spawn(t, args) for n, t in names.items()}
+        info = {n: json.loads(p.stdout.readline()) for n, p in procs.items()}
+        times: dict[str, list[float]] = {n: [] for n in procs}
+        per_turn = 3
+        for r in range(args.steps // per_turn):
+            for n in (list(procs) if r % 2 == 0 else list(procs)[::-1]):  # alternate who goes first
+                procs[n].stdin.write(f"{per_turn}\n")
+                procs[n].stdin.flush()
+                times[n] += json.loads(procs[n].stdout.readline())
+        for p in procs.values():
+            p.stdin.write("quit\n")
+            p.stdin.flush()
+            p.wait()
+    print(f"{args.preset}, stage {args.stage}, CPU fp32, {torch.get_num_threads()} threads; "
+          f"{args.steps} steps each, taking turns {per_turn} at a time")
+    base = None
+    for n, ts in times.items():
+        med = statistics.median(ts)
+        i = info[n]
+        base = base or med
+        print(f"  {n:22s} micro-batch {i['micro_batch']:2d}, workers {i['num_workers']}: step {med * 1000:6.0f} ms, "
+              f"{i['global_batch'] / med:5.1f} samples/s, {base / med:.2f}x")
+
+
+def split(args) -> None:
+    """Samples/s of the real step, then each part timed alone on the same micro-batches."""
+    from minicomp.align import alignment_loss, pool_packed
+
+    cfg, stage, model, opt, batches, step, G = _setup(args.preset, args.stage, args.steps + 2)
+    step(), step()
+    steps = [step() for _ in range(args.steps)]
+    med = statistics.median(steps)
+    micro = [batches[k] for k in range(args.steps * batches.accum, (args.steps + 2) * batches.accum)]
+    parts: dict[str, list[float]] = {}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        out = fn()
+        parts.setdefault(name, []).append(time.perf_counter() - t)
+        return out
+
+    t_data = []
+    for k in range(args.steps * batches.accum, (args.steps + 2) * batches.accum):
+        t = time.perf_counter()
+        batches[k]
+        t_data.append(time.perf_counter() - t)
+    for _ in range(2):
+        parts.clear()
+        for b in micro:
+            if b.images:
+                vis = timed("vision", lambda: _fwd_bwd(lambda: model.vision(b.images).tokens))
+                merged = timed("merger", lambda: _fwd_bwd(lambda: model.merger(vis), keep=True))
+            with torch.no_grad():
+                embeds, _ = model.embed(b.input_ids, b.images, b.image_index, b.ids)
+            embeds.requires_grad_(True)
+
+            def llm():
+                h = model.llm.base_model(inputs_embeds=embeds, attention_mask=b.attention_mask,
+                                         use_cache=False).last_hidden_state
+                model.decoding_loss(h, b.labels)[0].backward()
+            timed("LLM (decoding loss)", llm)
+            if stage.align and b.images:
+                idx = b.image_index
+                f_t = timed("caption pass (F_t)", lambda: model.text_features(b.align_ids[idx], b.align_mask[idx]))
+                f_v = pool_packed(merged).detach().requires_grad_(True)
+                c = model.config
+                protos = model.llm.get_input_embeddings().weight
+                timed("alignment loss", lambda: alignment_loss(f_v, f_t, protos, model.word_prior, c.eps, c.temp,
+                                                               c.n_iters, c.sinkhorn_mode, c.variant).backward())
+        model.zero_grad(set_to_none=True)
+    per_step = {n: sum(v) / len(micro) * batches.accum for n, v in parts.items()}
+    per_step["data (prepare + collate)"] = statistics.mean(t_data) * batches.accum
+    opt_t = []
+    for _ in range(3):
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        t = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+        opt.step()
+        opt_t.append(time.perf_counter() - t)
+    per_step["optimiser (clip + AdamW)"] = statistics.median(opt_t)
+    b = micro[0]
+    print(f"{args.preset}, stage {stage.name} ({cfg.data[stage.data].get('task', 'file')} data), CPU fp32, "
+          f"{torch.get_num_threads()} threads: global batch {G} = {batches.accum} x micro-batch {cfg.micro_batch}, "
+          f"num_workers {cfg.num_workers}")
+    print(f"step {med * 1000:.0f} ms (median of {len(steps)}), {G / med:.1f} samples/s; "
+          f"LLM slots {b.attention_mask.numel()} for {int(b.attention_mask.sum())} real tokens (first micro-batch)")
+    print("parts, each timed alone (ms per step, share of the measured step):")
+    for n, v in sorted(per_step.items(), key=lambda kv: -kv[1]):
+        print(f"  {n:26s} {v * 1000:7.0f}  {v / med:6.1%}")
+    total = sum(per_step.values())
+    print(f"  {'sum of parts':26s} {total * 1000:7.0f}  {total / med:6.1%}"
+          + ("  (data overlaps compute when num_workers > 0)" if cfg.num_workers else ""))
+
+
+def _fwd_bwd(fn, keep: bool = False):
+    """Forward fn() (a tensor or Packed), backward a fixed gradient, return the output (detached
+    and requiring grad when keep, so the next part can start from it)."""
+    out = fn()
+    t = out.tokens if hasattr(out, "tokens") else out
+    t.backward(torch.ones_like(t) / t.numel())
+    if hasattr(out, "tokens"):
+        out.tokens = out.tokens.detach()
+        return out
+    return t.detach().requires_grad_(True) if keep else t.detach()
+
+
+def paper(args) -> None:
+    """paper-1b-siglip's architecture, random weights, one native-resolution batch, CUDA bf16."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--paper needs a CUDA GPU")
+    device = "cuda"
+    cfg = load_config("paper-1b-siglip")
+    model = mc.CoMPModel.from_pretrained(pretrained=False, **cfg.model).to(device)
+    stage, batch_size = cfg.stage("II-native"), args.batch or 4  # no tokenizer offline: synthetic ids below
     groups = apply_stage(model, stage, log_fn=lambda *_: None)
     opt = torch.optim.AdamW(groups)
     ds = d.SyntheticDataset("train", batch_size * (args.steps + 2), seed=1, task="caption")
@@ -120,6 +302,27 @@ def _random_text_batch(model, samples, max_tokens):
     align = torch.randint(0, 150_000, (len(samples), 48))
     return d.Batch(images, torch.arange(len(samples)), pad(ids, 0), mask, pad(labels, -100), align,
                    torch.ones_like(align), [s.meta["id"] for s in samples])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--stage", default="II-native")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--against", metavar="REV", help="also run this git revision, taking turns with this tree")
+    ap.add_argument("--paper", action="store_true", help="paper-1b-siglip's architecture on CUDA")
+    ap.add_argument("--batch", type=int, default=None, help="--paper: images per step")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="--paper: dense bf16 peak of the GPU")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+    elif args.paper:
+        paper(args)
+    elif args.against:
+        against(args)
+    else:
+        split(args)
 
 
 if __name__ == "__main__":

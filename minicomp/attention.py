@@ -41,20 +41,22 @@ def attention_reference(q, k, v, cu_seqlens, scale=None, dropout_p=0.0):
 
 
 def attention_sdpa(q, k, v, cu_seqlens, scale=None, dropout_p=0.0):
-    """Batched SDPA over groups of equal-length images. q, k, v: (T, H, Dh)."""
+    """Batched SDPA over groups of equal-length images. q, k, v: (T, H, Dh).
+
+    Split, stack and cat (not index and scatter): in backward they cost one copy each, where an
+    index_put would zero and fill a full (T, H, Dh) tensor per group, per q/k/v and per layer."""
     lengths = _lengths(cu_seqlens)
-    starts = cu_seqlens[:-1].tolist()
-    out = torch.empty_like(q)
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         groups.setdefault(n, []).append(i)
-    for n, members in groups.items():
-        idx = torch.cat([torch.arange(starts[i], starts[i] + n) for i in members]).to(q.device)
-        G = len(members)
-        qg, kg, vg = (t[idx].view(G, n, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))  # (G, H, n, Dh)
-        og = F.scaled_dot_product_attention(qg, kg, vg, dropout_p=dropout_p, scale=scale)
-        out[idx] = og.transpose(1, 2).reshape(G * n, *q.shape[1:])  # (G*n, H, Dh)
-    return out
+    parts = [t.split(lengths) for t in (q, k, v)]  # per image: (N_i, H, Dh)
+    outs: list[torch.Tensor] = [q.new_empty(0)] * len(lengths)
+    for members in groups.values():
+        qg, kg, vg = (torch.stack([p[i] for i in members]).transpose(1, 2) for p in parts)  # (G, H, n, Dh)
+        og = F.scaled_dot_product_attention(qg, kg, vg, dropout_p=dropout_p, scale=scale)  # (G, H, n, Dh)
+        for i, o in zip(members, og.transpose(1, 2).unbind(0)):  # (n, H, Dh) each
+            outs[i] = o
+    return torch.cat(outs)  # (T, H, Dh)
 
 
 @lru_cache(maxsize=1)

@@ -32,6 +32,7 @@ from .known_llms import IMAGE_TOKEN_IDS, llm_config
 from .progress import no_progress_bars, small_local_model
 from .merger import PatchMerger
 from .packed import Packed
+from .seqpack import RowPacking
 from .toy.tokenizer import CHAT_TEMPLATE
 from .vision import CRoPEViT
 
@@ -62,6 +63,8 @@ class CoMPConfig:
     n_iters: int = 3
     sinkhorn_mode: str = "balanced"
     variant: str = "sinkhorn"
+    # LLM input without padding (minicomp.seqpack): the same losses, fewer token slots
+    pack_sequences: bool = True
     # the LLM's id of the image placeholder; None: the tokenizer's "<image>" (added if missing)
     image_token_id: int | None = None
 
@@ -225,11 +228,31 @@ class CoMPModel(nn.Module):
             logits = cap * torch.tanh(logits / cap)
         return F.cross_entropy(logits, target[sel]), n
 
+    def decoder(self, mask: torch.Tensor, **inputs) -> tuple[torch.Tensor, RowPacking | None]:
+        """The LLM's decoder (`llm.base_model`) on right-padded rows: `input_ids` or `inputs_embeds`
+        (B, L, …) and their mask (B, L). With config.pack_sequences, and when it saves rows, the
+        sequences are repacked without padding (minicomp.seqpack): hidden states (R, Lp, D) and the
+        RowPacking; else (B, L, D) and None. Under flash-attention-2 everything goes in one row
+        (its varlen kernel); under SDPA or eager, rows stay at most L long (a dense mask costs Lp²)."""
+        if self.config.pack_sequences:
+            one_row = getattr(self.llm.config, "_attn_implementation", None) == "flash_attention_2"
+            rows = RowPacking.from_mask(mask, capacity=int(mask.sum()) if one_row else None)
+            if rows.src.shape[0] < mask.shape[0]:
+                packed = {k: rows.pack(v) for k, v in inputs.items()}  # (R, Lp, …)
+                return self.llm.base_model(**packed, position_ids=rows.position_ids,
+                                           use_cache=False).last_hidden_state, rows
+        return self.llm.base_model(**inputs, attention_mask=mask, use_cache=False).last_hidden_state, None
+
     def text_features(self, align_ids: torch.Tensor, align_mask: torch.Tensor) -> torch.Tensor:
         """F_t of Eq. 7: the LLM's last hidden states of the caption alone, mean-pooled, no gradient."""
         with torch.no_grad():
-            h = self.llm.base_model(input_ids=align_ids, attention_mask=align_mask).last_hidden_state  # (n, La, D)
-            return masked_mean(h, align_mask.bool())  # (n, D)
+            h, rows = self.decoder(align_mask, input_ids=align_ids)  # (n, La, D) or packed
+            if rows is None:
+                return masked_mean(h, align_mask.bool())  # (n, D)
+            if (align_mask.sum(1) == 0).any():
+                raise ValueError(f"sample(s) {(align_mask.sum(1) == 0).nonzero().view(-1).tolist()} have no text "
+                                 f"tokens to pool")
+            return rows.mean_per_sequence(h, len(align_ids))  # (n, D)
 
     def align_loss(self, merged: Packed, batch: Batch) -> torch.Tensor:
         """Eq. 7–10 for the samples that have an image: F_v from the merger, F_t from the LLM."""
@@ -247,8 +270,8 @@ class CoMPModel(nn.Module):
         if batch.input_ids.numel() == 0:
             raise ValueError("empty batch: no samples or no tokens")
         embeds, merged = self.embed(batch.input_ids, batch.images, batch.image_index, batch.ids)
-        hidden = self.llm.base_model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
-        loss_dec, n = self.decoding_loss(hidden, batch.labels)
+        hidden, rows = self.decoder(batch.attention_mask, inputs_embeds=embeds)  # (B, L, D) or (R, Lp, D)
+        loss_dec, n = self.decoding_loss(hidden, batch.labels if rows is None else rows.labels(batch.labels, IGNORE))
         if self.config.align and merged is not None:
             loss_align = self.align_loss(merged, batch)
         else:

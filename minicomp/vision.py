@@ -11,7 +11,8 @@ Prefix tokens (class / register), switch `prefix_tokens`:
 - ``"drop"``: they are not fed at all; every token of a sequence is a patch. Their parameters
   stay (timm's state dict is kept whole) but are frozen, since no gradient can reach them.
 With ``rope=False``, ``"keep"`` and the pretrained input size, the patch tokens equal timm's
-``forward_features`` exactly.
+``forward_features`` to float rounding (the patch embedding is timm's conv weight applied as one
+Linear over unfolded patches, which sums in another order).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .attention import BACKENDS, packed_attention
@@ -170,28 +172,35 @@ class CRoPEViT(nn.Module):
     # ---- embedding (Eq. 1) ---------------------------------------------------------------
     def embed(self, images: Sequence[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
         """Patch embedding + resampled APE (+ prefix tokens): list of (n_prefix + N_i, D)."""
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, img in enumerate(images):
-            by_size.setdefault(tuple(img.shape[1:]), []).append(i)
-        seqs: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
-        for idx in by_size.values():
-            h, w = grids[idx[0]]
-            pixels = torch.stack([images[i] for i in idx]).to(self.patch_embed.proj.weight.dtype)  # (G, C, H, W)
-            x = self.patch_embed.proj(pixels)  # (G, D, h, w)
-            x = self.patch_embed.norm(x.flatten(2).transpose(1, 2))  # (G, h*w, D)
-            ape = resample_ape(self.pos_embed, (h, w), self.ape_grid, self.ape_prefix, self.ape_mode)
-            ape_prefix, ape_patch = ape[:, :self.ape_prefix], ape[:, self.ape_prefix:]  # (1, ape_prefix, D), (1, h*w, D)
+        x, seq_lens = self._embed_packed(images, grids)
+        return list(x.split(seq_lens))
+
+    def _embed_packed(self, images: Sequence[torch.Tensor], grids: list[tuple[int, int]]) -> tuple[torch.Tensor, list[int]]:
+        """`embed`, packed: (T, D) with T = Σ (n_prefix + N_i), and the per-image lengths.
+
+        The patch embedding is timm's conv (kernel = stride = patch) written as one Linear over the
+        unfolded patches of every image at once; the APE is resampled once per distinct grid."""
+        proj, p = self.patch_embed.proj, self.patch_size
+        C, D = self.in_chans, self.embed_dim
+        patches = torch.cat([img.to(proj.weight.dtype).view(C, h, p, w, p).permute(1, 3, 0, 2, 4).reshape(h * w, C * p * p)
+                             for img, (h, w) in zip(images, grids)])  # (ΣN, C·p·p), row-major per image
+        x = self.patch_embed.norm(F.linear(patches, proj.weight.view(D, C * p * p), proj.bias))  # (ΣN, D)
+        apes: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        for h, w in dict.fromkeys(grids):
+            ape = resample_ape(self.pos_embed, (h, w), self.ape_grid, self.ape_prefix, self.ape_mode)[0]
+            ape_prefix, ape_patch = ape[:self.ape_prefix], ape[self.ape_prefix:]  # (ape_prefix, D), (h*w, D)
             if self.legacy_ape_order:
-                ape_patch = ape_patch[:, legacy_ape_permutation(h, w).to(x.device)]
-            x = x + ape_patch
-            if self.feeds_prefix:
-                prefix = torch.cat([t for t in (self.cls_token, self.reg_token) if t is not None], 1)  # (1, n_prefix, D)
-                if self.ape_prefix:
-                    prefix = prefix + ape_prefix
-                x = torch.cat([prefix.expand(len(idx), -1, -1).to(x.dtype), x], dim=1)  # (G, n_prefix + h*w, D)
-            for j, i in enumerate(idx):
-                seqs[i] = x[j]
-        return seqs
+                ape_patch = ape_patch[legacy_ape_permutation(h, w).to(x.device)]
+            apes[(h, w)] = ape_prefix, ape_patch
+        x = x + torch.cat([apes[g][1] for g in grids]).to(x.dtype)  # (ΣN, D)
+        lengths = [h * w for h, w in grids]
+        if not self.feeds_prefix:
+            return x, lengths
+        prefix = torch.cat([t for t in (self.cls_token, self.reg_token) if t is not None], 1)[0]  # (n_prefix, D)
+        parts: list[torch.Tensor] = []
+        for g, xi in zip(grids, x.split(lengths)):
+            parts += [(prefix + apes[g][0] if self.ape_prefix else prefix).to(x.dtype), xi]
+        return torch.cat(parts), [self.num_prefix + n for n in lengths]  # (T, D)
 
     # ---- transformer (Eq. 2–4) -------------------------------------------------------------
     def _attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
@@ -227,10 +236,9 @@ class CRoPEViT(nn.Module):
         """images: list of (C, H_i, W_i), H_i and W_i multiples of the patch size -> `Packed`."""
         grids = self.check_images(images)
         n_prefix = self.num_prefix if self.feeds_prefix else 0
-        seqs = self.embed(images, grids)
-        seq_lens = [s.shape[0] for s in seqs]  # n_prefix + N_i
-        cu = cu_seqlens_from_lengths(torch.tensor(seq_lens)).to(seqs[0].device)
-        x = self.norm_pre(self.pos_drop(torch.cat(seqs, 0)))  # (T, D)
+        x, seq_lens = self._embed_packed(images, grids)  # (T, D), n_prefix + N_i per image
+        cu = cu_seqlens_from_lengths(torch.tensor(seq_lens)).to(x.device)
+        x = self.norm_pre(self.pos_drop(x))  # (T, D)
         cos, sin = self._rope_tables(grids, n_prefix, x.device) if self.rope else (None, None)
         for blk in self.blocks:
             dropout = blk.attn.attn_drop.p if self.training else 0.0
