@@ -57,13 +57,13 @@ def model_flops(model, batch) -> float:
 
 # ---- the tiny preset's step, as it trains ---------------------------------------------------
 
-def _setup(preset: str, stage_name: str, steps: int):
+def _setup(preset: str, stage_name: str, steps: int, sets: list[str] = ()):
     """The preset's model, optimiser and step iterator for one stage (works on older trees too)."""
     from torch.utils.data import DataLoader
     from minicomp.stage_data import StepBatches, build_dataset, sample_order
 
     torch.manual_seed(0)
-    cfg = load_config(preset)
+    cfg = load_config(preset, sets=sets)
     stage = cfg.stage(stage_name)
     model = mc.CoMPModel.from_pretrained(pretrained=True, **cfg.model)
     model.set_word_prior(torch.ones(model.llm.get_input_embeddings().num_embeddings))  # its value costs nothing
@@ -92,7 +92,7 @@ def _setup(preset: str, stage_name: str, steps: int):
 
 def worker(args) -> None:
     """Run steps on request: a line "N" on stdin -> N step times as one JSON line on stdout."""
-    cfg, stage, model, _, batches, step, G = _setup(args.preset, args.stage, args.steps)
+    cfg, stage, model, _, batches, step, G = _setup(args.preset, args.stage, args.steps, args.set)
     step(), step()  # warm-up
     print(json.dumps({"ready": True, "global_batch": G, "micro_batch": cfg.micro_batch,
                       "num_workers": cfg.num_workers}), flush=True)
@@ -105,7 +105,7 @@ def worker(args) -> None:
 def _spawn(tree: Path, args) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--preset", args.preset, "--stage", args.stage,
-           "--steps", str(args.steps + 4)]
+           "--steps", str(args.steps + 4), *(["--set", *args.set] if args.set else [])]
     return subprocess.Popen(cmd, cwd=tempfile.gettempdir(), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)
 
@@ -125,6 +125,7 @@ def against(args) -> None:
         per_turn = 3
         for r in range(args.steps // per_turn):
             for n in (list(procs) if r % 2 == 0 else list(procs)[::-1]):  # alternate who goes first
+                time.sleep(0.5)  # the other process's OpenMP threads stop spinning before this turn
                 procs[n].stdin.write(f"{per_turn}\n")
                 procs[n].stdin.flush()
                 times[n] += json.loads(procs[n].stdout.readline())
@@ -147,7 +148,7 @@ def split(args) -> None:
     """Samples/s of the real step, then each part timed alone on the same micro-batches."""
     from minicomp.align import alignment_loss, pool_packed
 
-    cfg, stage, model, opt, batches, step, G = _setup(args.preset, args.stage, args.steps + 2)
+    cfg, stage, model, opt, batches, step, G = _setup(args.preset, args.stage, args.steps + 2, args.set)
     step(), step()
     steps = [step() for _ in range(args.steps)]
     med = statistics.median(steps)
@@ -169,8 +170,8 @@ def split(args) -> None:
         parts.clear()
         for b in micro:
             if b.images:
-                vis = timed("vision", lambda: _fwd_bwd(lambda: model.vision(b.images).tokens))
-                merged = timed("merger", lambda: _fwd_bwd(lambda: model.merger(vis), keep=True))
+                vis = timed("vision", lambda: _fwd_bwd(lambda: model.vision(b.images)))
+                merged = timed("merger", lambda: _fwd_bwd(lambda: model.merger(vis)))
             with torch.no_grad():
                 embeds, _ = model.embed(b.input_ids, b.images, b.image_index, b.ids)
             embeds.requires_grad_(True)
@@ -215,16 +216,12 @@ def split(args) -> None:
           + ("  (data overlaps compute when num_workers > 0)" if cfg.num_workers else ""))
 
 
-def _fwd_bwd(fn, keep: bool = False):
-    """Forward fn() (a tensor or Packed), backward a fixed gradient, return the output (detached
-    and requiring grad when keep, so the next part can start from it)."""
+def _fwd_bwd(fn):
+    """Forward fn() (a `Packed`), backward a fixed gradient from its tokens; return it detached."""
     out = fn()
-    t = out.tokens if hasattr(out, "tokens") else out
-    t.backward(torch.ones_like(t) / t.numel())
-    if hasattr(out, "tokens"):
-        out.tokens = out.tokens.detach()
-        return out
-    return t.detach().requires_grad_(True) if keep else t.detach()
+    out.tokens.backward(torch.ones_like(out.tokens) / out.tokens.numel())
+    out.tokens = out.tokens.detach()
+    return out
 
 
 def paper(args) -> None:
@@ -309,6 +306,7 @@ def main():
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--stage", default="II-native")
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, as minicomp train")
     ap.add_argument("--against", metavar="REV", help="also run this git revision, taking turns with this tree")
     ap.add_argument("--paper", action="store_true", help="paper-1b-siglip's architecture on CUDA")
     ap.add_argument("--batch", type=int, default=None, help="--paper: images per step")
