@@ -102,10 +102,10 @@ def worker(args) -> None:
         print(json.dumps([step() for _ in range(int(line))]), flush=True)
 
 
-def _spawn(tree: Path, args) -> subprocess.Popen:
+def _spawn(tree: Path, args, sets: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--preset", args.preset, "--stage", args.stage,
-           "--steps", str(args.steps + 4), *(["--set", *args.set] if args.set else [])]
+           "--steps", str(args.steps + 4), *(["--set", *sets] if sets else [])]
     return subprocess.Popen(cmd, cwd=tempfile.gettempdir(), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)
 
@@ -119,7 +119,7 @@ def against(args) -> None:
                                  check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         names = {f"{args.against} (old)": old, "this tree": ROOT}
-        procs = {n: _spawn(t, args) for n, t in names.items()}
+        procs = {n: _spawn(t, args, args.set if t == ROOT else []) for n, t in names.items()}
         info = {n: json.loads(p.stdout.readline()) for n, p in procs.items()}
         times: dict[str, list[float]] = {n: [] for n in procs}
         per_turn = 3
@@ -306,7 +306,7 @@ def main():
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--stage", default="II-native")
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, as minicomp train")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, as minicomp train (with --against: this tree only)")
     ap.add_argument("--against", metavar="REV", help="also run this git revision, taking turns with this tree")
     ap.add_argument("--paper", action="store_true", help="paper-1b-siglip's architecture on CUDA")
     ap.add_argument("--batch", type=int, default=None, help="--paper: images per step")
