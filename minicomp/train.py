@@ -151,7 +151,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                     meta["stage_minutes"][stage.name] = meta["stage_minutes"].get(stage.name, 0) + (time.time() - t_stage) / 60
                     meta["stage_index"], meta["step"] = si + 1, 0
                     if cfg.eval_samples and main:
-                        meta["evals"][stage.name] = _evaluate(model, stage, cfg)
+                        with _all_cores(accelerator):
+                            meta["evals"][stage.name] = _evaluate(model, stage, cfg)
                         ev = meta["evals"][stage.name]
                         say(f"stage {stage.name}: exact match {ev['accuracy']:.3f} (blank images "
                             f"{ev['blank']['accuracy']:.3f}) on {ev['n']} held-out questions ({stage_mode(stage)}); "
@@ -173,13 +174,28 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
             sizes.update({f"native ≤{b} tokens": {"max_tokens": b} for b in cfg.eval_budgets})
             sizes = dict(sorted(sizes.items(), key=lambda kv: ("max_tokens" in kv[1], *kv[1].values())))  # squares,
             #                                                                          then budgets, small to large
-            meta["by_resolution"] = resolution_sweep(model, sizes, cfg.eval_samples,
-                                                     max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed)
+            with _all_cores(accelerator):
+                meta["by_resolution"] = resolution_sweep(model, sizes, cfg.eval_samples,
+                                                         max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed)
         model.save_pretrained(out / "model")
         write_report(out, cfg, meta)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return meta
+
+
+@contextlib.contextmanager
+def _all_cores(accelerator):
+    """Evaluation runs on the main process while the others wait in a collective: on a CPU, let
+    it use the threads of every process of this machine meanwhile."""
+    n = torch.get_num_threads()
+    if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        torch.set_num_threads(min(os.cpu_count() or n, n * local))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _evaluate(model, stage: Stage, cfg: TrainConfig) -> dict:
@@ -235,15 +251,67 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
     ap.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in all")
+    ap.add_argument("--procs", default="auto",
+                    help="CPU only: train with this many processes (DDP over gloo, launched here with torchrun), "
+                         "each with cores/procs threads. auto: as many as the cores allow and the batch divides "
+                         "(the toy's small ops use processes better than threads); 1: this process alone")
     return ap
 
 
+def cpu_processes(cfg: TrainConfig, cores: int) -> int:
+    """The most processes, at most `cores`, that split every stage's micro-batches evenly."""
+    fits = [n for n in range(1, max(1, cores) + 1)
+            if all((s.batch or cfg.global_batch) % (cfg.micro_batch * n) == 0 for s in cfg.stages)]
+    return fits[-1]
+
+
+def _launch(argv: list[str], procs: int) -> int:
+    """Become torchrun running this command as `procs` processes on this machine (exec: the pid
+    stays, so a signal to it reaches the launcher, and the workers die with it, see `_die_with_launcher`)."""
+    threads = max(1, (os.cpu_count() or procs) // procs)
+    print(f"training with {procs} processes x {threads} thread(s) (DDP on CPU; --procs 1 for one process)", flush=True)
+    os.environ.update(OMP_NUM_THREADS=str(threads), MINICOMP_LAUNCHER=str(os.getpid()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+           "-m", "minicomp.train", *argv, "--procs", "1"]
+    os.execv(sys.executable, cmd)
+    return 1  # not reached
+
+
+def _die_with_launcher() -> None:
+    """A worker started by `_launch` gets SIGKILL when the launcher dies, even by SIGKILL (Linux),
+    so that no orphan keeps training into the run directory."""
+    launcher = os.environ.get("MINICOMP_LAUNCHER")
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(launcher):  # it died before the line above
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     cfg = load_config(args.preset, args.config, args.set)
+    if "WORLD_SIZE" not in os.environ and not torch.cuda.is_available() and args.procs != "1":
+        try:
+            procs = cpu_processes(cfg, os.cpu_count() or 1) if args.procs == "auto" else int(args.procs)
+        except ValueError:
+            raise SystemExit(f"--procs {args.procs!r}: expected auto or a positive integer") from None
+        if procs < 1:
+            raise SystemExit(f"--procs {procs}: expected auto or a positive integer")
+        if procs > 1:
+            rest = [a for i, a in enumerate(argv) if a != "--procs" and (i == 0 or argv[i - 1] != "--procs")
+                    and not a.startswith("--procs=")]
+            return _launch(rest, procs)
+    _die_with_launcher()
     out = Path(args.out or f"runs/{cfg.name}")
     t0 = time.time()
     meta = train(cfg, out, resume=args.resume, data_root=args.data, stop_after=args.max_steps)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     if (out / "report.md").is_file():
         print((out / "report.md").read_text().split("![losses]")[0].strip())
     print(f"done in {(time.time() - t0) / 60:.1f} min; stages: "

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,8 +173,8 @@ def test_existing_run_needs_resume(smoke_run):
 
 
 def _cli(out, *extra):
-    return [sys.executable, "-m", "minicomp.train", "--preset", "smoke", "--out", str(out), "--set", "save_every=1",
-            *extra]
+    return [sys.executable, "-m", "minicomp.train", "--preset", "smoke", "--out", str(out), "--procs", "1",
+            "--set", "save_every=1", *extra]
 
 
 def test_sigkill_mid_stage_then_resume_equals_uninterrupted(smoke_run, tmp_path):
@@ -248,7 +249,8 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):
     Compared after 2 optimiser steps: later, Adam's sign-like early updates and τ = 0.005 amplify
     float-rounding differences into visibly different trajectories (both are valid runs)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    args = ["-m", "minicomp.train", "--preset", "smoke", "--set", "save_every=1", "--max-steps", "2", "--out"]
+    args = ["-m", "minicomp.train", "--preset", "smoke", "--procs", "1", "--set", "save_every=1", "--max-steps", "2",
+            "--out"]
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, *args, str(one)], env=env, check=True, capture_output=True)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
@@ -309,3 +311,44 @@ def test_ask_answers_about_an_image_file(smoke_run, tmp_path, capsys):
     assert answer == model.generate([s.image], ["What is the title of the document?"], max_tokens=64,
                                     max_new_tokens=16)[0]
     assert ask(smoke_run[0], tmp_path / "doc.png", "How many lines of text are there?") is not None
+
+
+def _running(marker: str) -> list[int]:
+    """Pids whose command line mentions `marker` (Linux /proc)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and marker in (d / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(d.name))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_cpu_launcher_trains_with_processes_and_takes_its_workers_down(tmp_path):
+    """`--procs 2` re-executes the command under torchrun: one report, DDP metrics; and a SIGKILL to
+    the pid the user started leaves no worker training on."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "two"
+    base = [sys.executable, "-m", "minicomp.train", "--preset", "smoke", "--procs", "2", "--out"]
+    r = subprocess.run([*base, str(out), "--max-steps", "3", "--set", "eval_samples=0"], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "training with 2 processes" in r.stdout and r.stdout.count("done in") == 1
+    assert sorted(_metrics(out)) == [1, 2, 3]
+    assert mtrain.cpu_processes(load_config("smoke"), 64) == 2 and mtrain.cpu_processes(load_config("smoke"), 1) == 1
+
+    killed = tmp_path / "killed"
+    p = subprocess.Popen([*base, str(killed), "--set", "save_every=1"], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "metrics.jsonl").is_file():
+        time.sleep(0.05)
+    assert len(_running(str(killed))) >= 3  # the launcher (now torchrun) and its two workers
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _running(str(killed)):
+        time.sleep(0.2)
+    assert _running(str(killed)) == []
