@@ -50,7 +50,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
     widget would be saved frozen); the per-stage lines still print."""
     out = Path(out)
     data = resolve_data(cfg, data_root)  # errors before any model loads
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)  # text-only batches leave vision unused
+    # Text-only records (LLaVA files) leave the vision encoder out of some batches, and "learnable"
+    # prototypes are unused where the alignment loss is off: DDP must look for unused parameters
+    # then. In the toy world every trainable parameter takes part in every step (and DDP warns
+    # when asked to look in vain).
+    unused = any("path" in d for d in data.values()) or cfg.model.get("variant") == "learnable"
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=unused)
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda, kwargs_handlers=[ddp],
                               log_with=_trackers(), project_dir=str(out),  # cpu=True: gloo under torchrun
@@ -69,7 +74,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     set_seed(cfg.seed)
     model = CoMPModel.from_pretrained(pretrained=cfg.pretrained, **cfg.model)
-    counts = word_prior_counts(cfg, data, model, say, progress)  # before loading a checkpoint: it holds the prior too
+    counts = word_prior_counts(cfg, data, model, say, progress and main)  # before loading a checkpoint: it holds the prior too
     if counts is not None:
         model.set_word_prior(counts)
     meta = {"stage_index": 0, "step": 0, "global_step": 0, "evals": {}, "stage_minutes": {}}
