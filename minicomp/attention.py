@@ -52,7 +52,10 @@ def attention_sdpa(q, k, v, cu_seqlens, scale=None, dropout_p=0.0):
     parts = [t.split(lengths) for t in (q, k, v)]  # per image: (N_i, H, Dh)
     outs: list[torch.Tensor] = [q.new_empty(0)] * len(lengths)
     for members in groups.values():
-        qg, kg, vg = (torch.stack([p[i] for i in members]).transpose(1, 2) for p in parts)  # (G, H, n, Dh)
+        if len(members) == 1:  # a view, no copy
+            qg, kg, vg = (p[members[0]].unsqueeze(0).transpose(1, 2) for p in parts)  # (1, H, n, Dh)
+        else:
+            qg, kg, vg = (torch.stack([p[i] for i in members]).transpose(1, 2) for p in parts)  # (G, H, n, Dh)
         og = F.scaled_dot_product_attention(qg, kg, vg, dropout_p=dropout_p, scale=scale)  # (G, H, n, Dh)
         for i, o in zip(members, og.transpose(1, 2).unbind(0)):  # (n, H, Dh) each
             outs[i] = o
