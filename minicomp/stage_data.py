@@ -41,8 +41,29 @@ def build_dataset(spec: dict, seed: int):
     return LlavaDataset(spec["path"], image_root=spec.get("image_root"))
 
 
+def check_data(cfg: TrainConfig, data: dict[str, dict]) -> dict[str, int]:
+    """Build every stage's dataset once, before any model loads or any stage trains: one with no
+    usable record is an error naming its key, its file and its skip counts (the stage would
+    otherwise have no sample to draw). Returns the number of usable records per data key."""
+    sizes = {}
+    for key in dict.fromkeys(s.data for s in cfg.stages):
+        ds = build_dataset(data[key], cfg.seed)
+        if len(ds) == 0:
+            spec = data[key]
+            where = spec["path"] if "path" in spec else f"synthetic: {spec['synthetic']}"
+            skipped = dict(getattr(ds, "skipped", None) or {})
+            why = (f"all {sum(skipped.values())} records were skipped: {skipped}" if skipped
+                   else "it holds no records")
+            stages = [st.name for st in cfg.stages if st.data == key]
+            raise ValueError(f"data.{key} ({where}): no usable records, {why}; stage(s) {stages} need it")
+        sizes[key] = len(ds)
+    return sizes
+
+
 def sample_order(n: int, total: int, seed: int) -> list[int]:
     """`total` sample indices: successive seeded permutations of range(n) (epochs)."""
+    if n <= 0 and total > 0:
+        raise ValueError(f"no samples to draw {total} from: the dataset is empty")
     g = torch.Generator().manual_seed(seed)
     out: list[int] = []
     while len(out) < total:

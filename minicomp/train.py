@@ -31,7 +31,7 @@ from .evaluate import resolution_sweep, with_control
 from .model import CoMPModel
 from .checkpoint import checkpoints, save_checkpoint
 from .report import stage_mode, write_report
-from .stage_data import StepBatches, build_dataset, resolve_data, sample_order, word_prior_counts
+from .stage_data import StepBatches, build_dataset, check_data, resolve_data, sample_order, word_prior_counts
 from .stages import Stage, apply_stage
 
 
@@ -50,6 +50,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
     widget would be saved frozen); the per-stage lines still print."""
     out = Path(out)
     data = resolve_data(cfg, data_root)  # errors before any model loads
+    check_data(cfg, data)  # so is a stage whose data has no usable record
     # Text-only records (LLaVA files) leave the vision encoder out of some batches, and "learnable"
     # prototypes are unused where the alignment loss is off: DDP must look for unused parameters
     # then. In the toy world every trainable parameter takes part in every step (and DDP warns

@@ -17,6 +17,7 @@ import minicomp.checkpoint as mckpt
 import minicomp.train as mtrain
 from minicomp.config import PRESETS, TrainConfig, load_config
 from minicomp.report import stage_mode
+from minicomp.stage_data import sample_order
 from minicomp.stages import Stage, apply_stage, check_order
 
 PART_NAMES = {"vision": "vision.", "merger": "merger.", "llm": "llm."}
@@ -352,3 +353,24 @@ def test_cpu_launcher_trains_with_processes_and_takes_its_workers_down(tmp_path)
     while time.time() < deadline and _running(str(killed)):
         time.sleep(0.2)
     assert _running(str(killed)) == []
+
+
+@pytest.mark.parametrize("content", ["", '{"id": "a", "image": "missing.png", "conversations": '
+                                         '[{"from": "human", "value": "<image>\\nhi"}, {"from": "gpt", "value": "yo"}]}\n'])
+def test_a_stage_with_no_usable_record_is_an_error_before_training(tmp_path, content):
+    """It used to loop forever drawing from an empty permutation: run under a timeout, so that a
+    regression fails instead of hanging."""
+    f = tmp_path / "mid.jsonl"
+    f.write_text(content)
+    script = ("import sys; from minicomp.config import load_config; import minicomp.train as t; "
+              "cfg = load_config('smoke', sets=['eval_samples=0']); "
+              "cfg.data['mid'] = {'path': sys.argv[1], 'image_root': sys.argv[2]}; t.train(cfg, sys.argv[3])")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-c", script, str(f), str(tmp_path), str(out)], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode != 0
+    assert "data.mid" in r.stderr and "no usable records" in r.stderr and "'II-fixed', 'II-native'" in r.stderr
+    assert ("skipped" in r.stderr) == bool(content)
+    assert not out.exists()  # nothing trained, nothing written
+    with pytest.raises(ValueError, match="empty"):
+        sample_order(0, 5, seed=0)
