@@ -97,7 +97,7 @@ def word_prior_counts(cfg: TrainConfig, data: dict, model, say, progress: bool =
     if cfg.word_prior != "auto":
         from .data.prior import load_counts
         return load_counts(cfg.word_prior)
-    stage2 = [s for s in cfg.stages if s.name.startswith("II")] or cfg.stages
+    stage2 = [s for s in cfg.stages if s.name in ("II-fixed", "II-native")] or cfg.stages  # not "III"
     ds = build_dataset(data[stage2[0].data], cfg.seed)
     n = min(cfg.prior_samples, len(ds))
     say(f"word prior: counting the tokens of {n:,} captions of data '{stage2[0].data}'")

@@ -31,6 +31,7 @@ from .evaluate import resolution_sweep, with_control
 from .model import CoMPModel
 from .checkpoint import checkpoints, save_checkpoint
 from .report import stage_mode, write_report
+from .runlock import lock_run_dir, unlock_run_dir
 from .stage_data import StepBatches, build_dataset, check_data, resolve_data, sample_order, word_prior_counts
 from .stages import Stage, apply_stage
 
@@ -67,6 +68,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                            f"every process would train alone. Check the launcher's settings.")
     main = accelerator.is_main_process
     say = (tqdm.write if progress else print) if main else (lambda *a, **k: None)
+    if main:
+        lock_run_dir(out)  # before anything in `out` is read or written: one run per directory
     found = checkpoints(out)
     if not resume and found:
         raise FileExistsError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
@@ -172,6 +175,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                     model.save_pretrained(out / "stages" / stage.name)
             if stop_after is not None and steps_done >= stop_after:
                 accelerator.end_training()
+                unlock_run_dir(out)
                 return meta
         bar.close()
     if main:
@@ -187,6 +191,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
         write_report(out, cfg, meta)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    unlock_run_dir(out)
     return meta
 
 

@@ -374,3 +374,35 @@ def test_a_stage_with_no_usable_record_is_an_error_before_training(tmp_path, con
     assert not out.exists()  # nothing trained, nothing written
     with pytest.raises(ValueError, match="empty"):
         sample_order(0, 5, seed=0)
+
+
+def test_a_run_directory_is_locked_by_one_run(tmp_path):
+    """Two real processes: the holder's pid is named, and the lock goes with its process."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from minicomp.runlock import lock_run_dir; lock_run_dir(Path(sys.argv[1])); "
+                               "print('held', flush=True); time.sleep(120)", str(out)],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cfg = load_config("smoke", sets=["eval_samples=0"])
+        with pytest.raises(RuntimeError, match=rf"in use by another run \(pid {holder.pid}\)"):
+            mtrain.train(cfg, out)
+        assert not (out / "config.json").exists() and not (out / "metrics.jsonl").exists()  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    meta = mtrain.train(cfg, out, stop_after=1)  # the kernel released the dead holder's lock
+    assert meta["global_step"] == 1
+
+
+def test_auto_word_prior_counts_stage_two_data_never_stage_three(tmp_path):
+    from minicomp.stage_data import resolve_data, word_prior_counts
+    cfg = load_config("smoke", sets=["stages.II-fixed=null", "stages.II-native=null"])
+    said = []
+    word_prior_counts(cfg, resolve_data(cfg, None), mc.CoMPModel.from_preset("tiny"), said.append, progress=False)
+    assert "data 'caption'" in said[0]  # no Stage II: the first stage's data, not Stage III's ('qa')
+    cfg = load_config("smoke")
+    said.clear()
+    word_prior_counts(cfg, resolve_data(cfg, None), mc.CoMPModel.from_preset("tiny"), said.append, progress=False)
+    assert "data 'mid'" in said[0]
