@@ -7,6 +7,7 @@ names the key, raised before anything is loaded or trained.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self):
+        _check_ranges(self)
         self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in self.stages]
         check_order(self.stages)
         for s in self.stages:
@@ -67,6 +69,31 @@ class TrainConfig:
             if s.name == name:
                 return s
         raise KeyError(f"no stage {name!r} in {[s.name for s in self.stages]}")
+
+
+def _check_ranges(cfg: "TrainConfig") -> None:
+    """Every numeric field in its range, named by its key, before anything loads."""
+    def number(key, v, low, high=math.inf, integer=False, low_open=False):
+        ok = not isinstance(v, bool) and isinstance(v, int if integer else (int, float)) and math.isfinite(v)
+        if not ok or v < low or (low_open and v == low) or v > high:
+            kind = "an integer" if integer else "a finite number"
+            bound = f"> {low}" if low_open else f">= {low}"
+            raise ValueError(f"{key}: expected {kind} {bound}" + (f" and <= {high}" if high < math.inf else "")
+                             + f", got {v!r}")
+    number("global_batch", cfg.global_batch, 1, integer=True)
+    number("micro_batch", cfg.micro_batch, 1, integer=True)
+    number("log_every", cfg.log_every, 1, integer=True)
+    number("grad_clip", cfg.grad_clip, 0, low_open=True)  # <= 0 would zero or flip the gradients
+    number("warmup_ratio", cfg.warmup_ratio, 0, 1)
+    number("weight_decay", cfg.weight_decay, 0)
+    for key in ("save_every", "keep_checkpoints", "eval_samples", "num_workers", "seed"):
+        number(key, getattr(cfg, key), 0, integer=True)
+    number("prior_samples", cfg.prior_samples, 1, integer=True)
+    number("eval_max_new_tokens", cfg.eval_max_new_tokens, 1, integer=True)
+    if not isinstance(cfg.eval_budgets, list):
+        raise ValueError(f"eval_budgets: expected a list of token budgets, got {cfg.eval_budgets!r}")
+    for i, b in enumerate(cfg.eval_budgets):
+        number(f"eval_budgets[{i}]", b, 1, integer=True)
 
 
 # ---- overrides ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import logging
 import os
 import shutil
@@ -69,12 +70,19 @@ class CoMPConfig:
     image_token_id: int | None = None
 
     def __post_init__(self):
+        for key, low, open_ in (("alpha", 0.0, False), ("eps", 0.0, True), ("temp", 0.0, True), ("rope_theta", 0.0, True)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low \
+                    or (open_ and v == low):
+                raise ValueError(f"model.{key}: expected a finite number {'>' if open_ else '>='} {low:g}, got {v!r}")
+        for key in ("n_iters", "merge"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"model.{key}: expected an integer >= 1, got {v!r}")
         if self.sinkhorn_mode not in MODES:
             raise ValueError(f"sinkhorn_mode={self.sinkhorn_mode!r}, expected one of {MODES}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant={self.variant!r}, expected one of {VARIANTS}")
-        if self.merge < 1:
-            raise ValueError(f"merge={self.merge} must be >= 1")
 
     @classmethod
     def from_dict(cls, d: dict) -> "CoMPConfig":

@@ -8,6 +8,7 @@ Stage III (optional): instruction tuning at native resolution, alignment loss of
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch.nn as nn
@@ -38,6 +39,21 @@ class Stage:
     def __post_init__(self):
         if self.name not in STAGE_ORDER:
             raise ValueError(f"stage name {self.name!r}, expected one of {STAGE_ORDER}")
+        if not isinstance(self.lr, dict):
+            raise ValueError(f"stages.{self.name}.lr: expected a mapping of part to learning rate, e.g. "
+                             f"{{'merger': 1e-3}}; got {self.lr!r}")
+        for part, v in self.lr.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"stages.{self.name}.lr.{part}: expected a finite number, got {v!r}")
+        for key, v, low in (("max_tokens", self.max_tokens, 1), ("min_tokens", self.min_tokens, 1),
+                            ("steps", self.steps, 0), ("batch", self.batch, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"stages.{self.name}.{key}: expected an integer >= {low}, got {v!r}")
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"stages.{self.name}: min_tokens={self.min_tokens} exceeds max_tokens={self.max_tokens}")
+        for key, v in (("fixed_size", self.fixed_size), ("max_length", self.max_length)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"stages.{self.name}.{key}: expected a positive integer or null, got {v!r}")
         unknown = sorted(set(self.lr) - set(PARTS))
         if unknown:
             raise ValueError(f"stage {self.name}: learning rates for unknown part(s) {unknown}; parts: {PARTS}")

@@ -78,6 +78,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     set_seed(cfg.seed)
     model = CoMPModel.from_pretrained(pretrained=cfg.pretrained, **cfg.model)
+    unit = model.vision.patch_size * model.config.merge
+    for s in cfg.stages:  # a fixed square must cut into whole merged tokens
+        if s.resolution == "fixed" and s.fixed_size % unit:
+            raise ValueError(f"stages.{s.name}.fixed_size: {s.fixed_size} px is not a multiple of patch × merge "
+                             f"= {unit} px for this model")
     counts = word_prior_counts(cfg, data, model, say, progress and main)  # before loading a checkpoint: it holds the prior too
     if counts is not None:
         model.set_word_prior(counts)

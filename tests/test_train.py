@@ -93,10 +93,35 @@ def test_command_line_takes_several_overrides_per_set():
     (["stages.III.lr.brain=1e-3"], "unknown part"),
     (["model.alpah=0.1"], "unknown CoMPConfig field"),
     (["stages.III.data=elsewhere"], "data 'elsewhere' is not in"),
+    # ranges (issue 15, point 8): each was accepted, then crashed mid-run or trained wrongly
+    (["grad_clip=-1"], r"grad_clip: expected a finite number > 0"),
+    (["grad_clip=0"], r"grad_clip: expected a finite number > 0"),
+    (["model.alpha=lots"], r"model.alpha: expected a finite number >= 0"),
+    (["model.eps=0"], r"model.eps: expected a finite number > 0"),
+    (["model.n_iters=0"], r"model.n_iters: expected an integer >= 1"),
+    (["global_batch=0"], r"global_batch: expected an integer >= 1"),
+    (["micro_batch=0"], r"micro_batch: expected an integer >= 1"),
+    (["log_every=0"], r"log_every: expected an integer >= 1"),
+    (["warmup_ratio=2"], r"warmup_ratio: expected a finite number >= 0 and <= 1"),
+    (["eval_budgets=[16, 0]"], r"eval_budgets\[1\]: expected an integer >= 1"),
+    (["stages.III.max_tokens=0"], r"stages.III.max_tokens: expected an integer >= 1"),
+    (["stages.III.lr.llm=.nan"], r"stages.III.lr.llm: expected a finite number"),
+    (["stages.III.lr.llm=.inf"], r"stages.III.lr.llm: expected a finite number"),
+    (["stages.II-fixed.fixed_size=-64"], r"stages.II-fixed.fixed_size: expected a positive integer"),
 ])
 def test_bad_config_errors_name_the_key(sets, match):
     with pytest.raises(ValueError, match=match):
         load_config("tiny", sets=sets)
+
+
+def test_list_form_stages_with_a_scalar_lr_and_a_fixed_size_off_the_token_grid(tmp_path):
+    d = load_config("smoke").to_dict()
+    d["stages"][0]["lr"] = 1e-3  # a scalar, not {part: rate}: was "TypeError: '<' not supported"
+    with pytest.raises(ValueError, match=r"stages.I.lr: expected a mapping of part to learning rate"):
+        TrainConfig(**d)
+    cfg = load_config("smoke", sets=["stages.I.fixed_size=72", "eval_samples=0"])  # 72 % (8 × 2) != 0
+    with pytest.raises(ValueError, match=r"stages.I.fixed_size: 72 px is not a multiple of patch × merge = 16"):
+        mtrain.train(cfg, tmp_path / "run")
 
 
 def test_stage_order_and_missing_data_fail_before_training(tmp_path):
