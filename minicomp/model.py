@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import logging
+import math
 import os
 import shutil
 import tempfile

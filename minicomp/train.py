@@ -297,13 +297,14 @@ def _die_with_launcher() -> None:
     """A worker started by `_launch` gets SIGKILL when the launcher dies, even by SIGKILL (Linux),
     so that no orphan keeps training into the run directory."""
     launcher = os.environ.get("MINICOMP_LAUNCHER")
-    if not launcher or not sys.platform.startswith("linux"):
-        return
+    if not launcher or "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return  # not a worker of `_launch`
     import ctypes
     import signal
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != int(launcher):  # it died before the line above
+        print(f"minicomp: the launcher (pid {launcher}) is gone; this worker stops", file=sys.stderr)
         os._exit(1)
 
 
