@@ -6,6 +6,29 @@ import sys
 from pathlib import Path
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    import math
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:  # the main job has its own options (minicomp train --help)
@@ -19,14 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--depth", type=int, default=None, help="override the number of blocks (faster on CPU)")
     demo.add_argument("--pretrained", action="store_true", help="load the model's weights from the hub")
     demo.add_argument("--checkpoint", default=None, help="load weights from a local file instead")
-    demo.add_argument("--rope-theta", type=float, default=10000.0)
+    demo.add_argument("--rope-theta", type=_positive_float, default=10000.0)
     prior = sub.add_parser("prior", help="count the tokens of a caption set, for the word prior of Eq. 9")
     prior.add_argument("--tokenizer", required=True, help="a transformers tokenizer: model id or local directory")
     src = prior.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="a LLaVA-format .json/.jsonl file (its assistant turns are the captions)")
-    src.add_argument("--synthetic", type=int, metavar="N", help="the first N toy-world training captions")
+    src.add_argument("--synthetic", type=_positive_int, metavar="N", help="the first N toy-world training captions")
     prior.add_argument("--image-root", default=None, help="image folder of --data (records are validated)")
     prior.add_argument("--out", required=True, help="output .safetensors file with a `counts` tensor")
+    prior.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     ev = sub.add_parser("eval", help="evaluate a trained model: exact match with controls, resolution sweep, VFM probes")
     ev.add_argument("path", help="a run directory (minicomp train --out) or a saved CoMPModel folder")
     ev.add_argument("--only", nargs="+", choices=("qa", "sweep", "probes"), default=None, help="run only these parts")
@@ -59,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
         run_demo(args.model, args.depth, args.pretrained, args.checkpoint, args.rope_theta)
     elif args.command == "prior":
+        if Path(args.out).exists() and not args.force:
+            parser.exit(2, f"minicomp prior: error: {args.out} exists; pass --force to overwrite it\n")
+        looks_local = args.tokenizer.startswith((".", "/", "~")) or Path(args.tokenizer).exists()
+        if looks_local and not Path(args.tokenizer).expanduser().is_dir():
+            parser.exit(2, f"minicomp prior: error: --tokenizer {args.tokenizer}: no such folder\n")
         _prior(args)
     elif args.command == "toy" and args.toy_command == "world":
         _toy_world(args)

@@ -36,3 +36,26 @@ def test_console_entry_point_runs():
     assert main(["demo", "--model", "vit_base_patch16_siglip_224", "--depth", "1"]) == 0
     r = subprocess.run([sys.executable, "-m", "minicomp.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "demo" in r.stdout
+
+
+def test_cli_refuses_bad_values_and_overwrites_nothing(tmp_path, capsys):
+    """Issue 15, point 11: each was an internal error, a silent overwrite or a NaN with exit 0."""
+    import pytest
+
+    from minicomp.toy import TOY_LLM_PATH
+    out = tmp_path / "counts.safetensors"
+    out.write_bytes(b"keep me")
+    for argv, says in (
+        (["prior", "--tokenizer", str(TOY_LLM_PATH), "--synthetic", "-5", "--out", str(tmp_path / "x")],
+         "expected a positive integer"),
+        (["prior", "--tokenizer", str(TOY_LLM_PATH), "--synthetic", "5", "--out", str(out)], "exists; pass --force"),
+        (["prior", "--tokenizer", str(tmp_path / "no-such-tokenizer"), "--synthetic", "5", "--out",
+          str(tmp_path / "y")], "no such folder"),
+        (["demo", "--rope-theta", "nan"], "expected a finite number > 0"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and says in capsys.readouterr().err, argv
+    assert out.read_bytes() == b"keep me"
+    assert main(["prior", "--tokenizer", str(TOY_LLM_PATH), "--synthetic", "5", "--out", str(out), "--force"]) == 0
+    assert out.read_bytes() != b"keep me"
