@@ -147,3 +147,25 @@ def test_huggingface_datasets_with_embedded_images(tmp_path, fmt):
     assert by_id["text"].image is None and by_id["text"].caption == "4"
     with pytest.raises(BadRecord, match="record 3 \\(id 'corrupt'\\): image unreadable"):
         LlavaDataset(path, strict=True)
+
+
+def test_only_regular_files_of_raster_formats_are_opened(tmp_path):
+    """Issue 15, point 9: a FIFO blocked the open forever; an EPS file was handed to PIL's
+    Ghostscript plugin. Run in a child under a timeout, so that a regression fails, not hangs."""
+    import os
+    import subprocess
+    import sys
+    fifo, eps = tmp_path / "pipe.png", tmp_path / "figure.eps"
+    os.mkfifo(fifo)
+    eps.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    script = ("import sys; from minicomp.data.images import BadImage, check_header, load_image\n"
+              "for f in sys.argv[1:]:\n"
+              "    for fn in (check_header, load_image):\n"
+              "        try:\n"
+              "            fn(f); print('accepted', f)\n"
+              "        except BadImage as e:\n"
+              "            print(e.reason)\n")
+    r = subprocess.run([sys.executable, "-c", script, str(fifo), str(eps)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:4] == ["not a regular file", "not a regular file", "image unreadable", "image unreadable"]

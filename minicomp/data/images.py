@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 
 import numpy as np
@@ -19,8 +21,23 @@ class BadImage(ValueError):
         self.reason, self.detail = reason, detail
 
 
-def _source(src: str | bytes):
-    return io.BytesIO(src) if isinstance(src, bytes) else src
+# the raster formats the pipeline supports; PIL would otherwise also try EPS (Ghostscript), PDF, …
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "TGA", "ICO")
+
+
+def _open(src: str | bytes, path: str) -> Image.Image:
+    """PIL's open, for regular files and bytes only, and only for FORMATS."""
+    if isinstance(src, bytes):
+        return Image.open(io.BytesIO(src), formats=FORMATS)
+    try:
+        mode = os.stat(src).st_mode
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise BadImage("image unreadable", f"{path}: {e}") from None
+    if not stat.S_ISREG(mode):  # a FIFO would block the open forever; a device or folder is no image
+        raise BadImage("not a regular file", path)
+    return Image.open(src, formats=FORMATS)
 
 
 def check_header(src: str | bytes, name: str | None = None) -> tuple[int, int]:
@@ -30,8 +47,10 @@ def check_header(src: str | bytes, name: str | None = None) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(_source(src)) as im:
+            with _open(src, path) as im:
                 w, h = im.size
+    except BadImage:
+        raise
     except FileNotFoundError:
         raise BadImage("image file missing", path) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -66,8 +85,10 @@ def load_image(src: str | bytes, name: str | None = None) -> Image.Image:
     check_header(src, name)
     path = name or (src if isinstance(src, str) else "<embedded image>")
     try:
-        with Image.open(_source(src)) as im:
+        with _open(src, path) as im:
             im.load()
             return to_rgb(im)
+    except BadImage:
+        raise
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImage("image unreadable", f"{path}: {e}") from None
