@@ -31,6 +31,7 @@ from .evaluate import resolution_sweep, with_control
 from .model import CoMPModel
 from .checkpoint import checkpoints, save_checkpoint
 from .report import stage_mode, write_report
+from .launch import cpu_processes, die_with_launcher, launch
 from .runlock import lock_run_dir, unlock_run_dir
 from .stage_data import StepBatches, build_dataset, check_data, resolve_data, sample_order, word_prior_counts
 from .stages import Stage, apply_stage
@@ -274,40 +275,6 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def cpu_processes(cfg: TrainConfig, cores: int) -> int:
-    """The most processes, at most `cores`, that split every stage's micro-batches evenly."""
-    fits = [n for n in range(1, max(1, cores) + 1)
-            if all((s.batch or cfg.global_batch) % (cfg.micro_batch * n) == 0 for s in cfg.stages)]
-    return fits[-1]
-
-
-def _launch(argv: list[str], procs: int) -> int:
-    """Become torchrun running this command as `procs` processes on this machine (exec: the pid
-    stays, so a signal to it reaches the launcher, and the workers die with it, see `_die_with_launcher`)."""
-    threads = max(1, (os.cpu_count() or procs) // procs)
-    print(f"training with {procs} processes x {threads} thread(s) (DDP on CPU; --procs 1 for one process)", flush=True)
-    os.environ.update(OMP_NUM_THREADS=str(threads), MINICOMP_LAUNCHER=str(os.getpid()))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-           "-m", "minicomp.train", *argv, "--procs", "1"]
-    os.execv(sys.executable, cmd)
-    return 1  # not reached
-
-
-def _die_with_launcher() -> None:
-    """A worker started by `_launch` gets SIGKILL when the launcher dies, even by SIGKILL (Linux),
-    so that no orphan keeps training into the run directory."""
-    launcher = os.environ.get("MINICOMP_LAUNCHER")
-    if not launcher or "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
-        return  # not a worker of `_launch`
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != int(launcher):  # it died before the line above
-        print(f"minicomp: the launcher (pid {launcher}) is gone; this worker stops", file=sys.stderr)
-        os._exit(1)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
@@ -322,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         if procs > 1:
             rest = [a for i, a in enumerate(argv) if a != "--procs" and (i == 0 or argv[i - 1] != "--procs")
                     and not a.startswith("--procs=")]
-            return _launch(rest, procs)
-    _die_with_launcher()
+            return launch(rest, procs)
+    die_with_launcher()
     out = Path(args.out or f"runs/{cfg.name}")
     t0 = time.time()
     meta = train(cfg, out, resume=args.resume, data_root=args.data, stop_after=args.max_steps)

@@ -16,6 +16,7 @@ import minicomp as mc
 import minicomp.checkpoint as mckpt
 import minicomp.train as mtrain
 from minicomp.config import PRESETS, TrainConfig, load_config
+from minicomp.launch import cpu_processes
 from minicomp.report import stage_mode
 from minicomp.stage_data import sample_order
 from minicomp.stages import Stage, apply_stage, check_order
@@ -363,7 +364,7 @@ def test_cpu_launcher_trains_with_processes_and_takes_its_workers_down(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "training with 2 processes" in r.stdout and r.stdout.count("done in") == 1
     assert sorted(_metrics(out)) == [1, 2, 3]
-    assert mtrain.cpu_processes(load_config("smoke"), 64) == 2 and mtrain.cpu_processes(load_config("smoke"), 1) == 1
+    assert cpu_processes(load_config("smoke"), 64) == 2 and cpu_processes(load_config("smoke"), 1) == 1
 
     killed = tmp_path / "killed"
     p = subprocess.Popen([*base, str(killed), "--set", "save_every=1"], env=env, stdout=subprocess.DEVNULL,
