@@ -9,7 +9,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from safetensors.torch import save_file
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_file
 
 
 class _TiedWeightsNote(logging.Filter):
@@ -29,6 +31,45 @@ def checkpoints(out: Path) -> list[Path]:
     root = out / "checkpoints"
     done = [p for p in root.glob("step-*") if (p / "meta.json").is_file()] if root.is_dir() else []
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def load_checkpoint(model, found: list[Path], say) -> tuple[Path, dict]:
+    """Load the newest usable checkpoint of `found` into `model`: -> (its folder, its meta). One
+    that is torn (a meta.json or model.safetensors that does not parse, no optimiser state) is
+    named and passed over for the one before; none usable is an error naming each."""
+    errors = []
+    for ckpt in reversed(found):
+        try:
+            meta = json.loads((ckpt / "meta.json").read_text())
+            if not isinstance(meta, dict) or not {"stage_index", "step", "global_step"} <= set(meta):
+                raise ValueError("meta.json lacks stage_index, step or global_step")
+            if not (ckpt / "state").is_dir():
+                raise FileNotFoundError(f"{ckpt / 'state'} is missing")
+            load_model(model, str(ckpt / "model.safetensors"))  # reads the whole file before any weight is set
+            if errors:
+                say(f"resuming from {ckpt.name}, the newest usable checkpoint; passed over: " + "; ".join(errors))
+            return ckpt, meta
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+            errors.append(f"{ckpt}: {type(e).__name__}: {e}")
+    raise RuntimeError("no usable checkpoint to resume from: " + "; ".join(errors))
+
+
+def nonfinite_state(model, optimizer) -> list[str]:
+    """Names of the parameters and optimiser-state tensors that hold a NaN or an infinity."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+    for p, state in optimizer.state.items():
+        bad += [f"optimiser {k} of {names.get(id(p), '?')}" for k, v in state.items()
+                if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    return bad
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Rename a checkpoint out of `checkpoints()`'s sight (kept for inspection): poisoned-step-…"""
+    to = ckpt.with_name(f"poisoned-{ckpt.name}")
+    shutil.rmtree(to, ignore_errors=True)
+    ckpt.rename(to)
+    return to
 
 
 def save_model_state(state: dict, path: Path) -> None:

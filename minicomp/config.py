@@ -41,6 +41,7 @@ class TrainConfig:
     eval_max_new_tokens: int = 6  # answers are one to three tokens
     eval_budgets: list[int] = field(default_factory=list)  # native token budgets the final model is also asked at
     num_workers: int = 0
+    strict_data: bool = False  # a bad record raises, naming it, instead of being counted and skipped
 
     def __post_init__(self):
         _check_ranges(self)
@@ -97,6 +98,30 @@ def _check_ranges(cfg: "TrainConfig") -> None:
 
 
 # ---- overrides ------------------------------------------------------------------------------
+
+# fields that `--resume --force` may change: they decide what is logged, kept or measured, never
+# what is trained (any other difference from the saved config.json refuses the resume)
+RESUME_SAFE = ("name", "log_every", "save_every", "keep_checkpoints", "eval_samples", "eval_max_new_tokens",
+               "eval_budgets", "num_workers", "strict_data")
+
+
+def config_differences(saved: dict, new: dict, path: str = "") -> list[str]:
+    """Dotted keys whose values differ between two `TrainConfig.to_dict()`s (stages by name)."""
+    out = []
+    for k in sorted(set(saved) | set(new)):
+        a, b, where = saved.get(k), new.get(k), f"{path}{k}"
+        if k == "stages" and not path and isinstance(a, list) and isinstance(b, list):
+            if [s.get("name") for s in a] != [s.get("name") for s in b]:
+                out.append(where)
+            else:
+                for sa, sb in zip(a, b):
+                    out += config_differences(sa, sb, f"stages.{sa['name']}.")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, where + ".")
+        elif a != b:
+            out.append(where)
+    return out
+
 
 _OPEN = {"lr", "data", "model"}  # dicts whose keys may be added (checked by their own dataclass)
 

@@ -10,9 +10,11 @@ from torch.utils.data import Dataset
 
 from .config import TrainConfig
 from .data.collate import collate
-from .data.llava import LlavaDataset
+from .data.images import BadImage
+from .data.llava import BadRecord, LlavaDataset
 from .data.prior import count_tokens
 from .data.synthetic import SyntheticDataset
+from .data.tokenize import TooLong
 
 
 def resolve_data(cfg: TrainConfig, data_root: str | Path | None) -> dict[str, dict]:
@@ -26,19 +28,19 @@ def resolve_data(cfg: TrainConfig, data_root: str | Path | None) -> dict[str, di
                     if data_root is None:
                         raise ValueError(f"data.{key}.{k} = {spec[k]!r} is relative: pass --data DIR (the folder it is in)")
                     spec[k] = str(Path(data_root) / spec[k])
-            if not Path(spec["path"]).is_file():
+            if not Path(spec["path"]).exists():  # a file, or a `datasets` save_to_disk folder
                 raise FileNotFoundError(f"data.{key}: {spec['path']} does not exist (stage data must be in place "
                                         f"before training starts)")
         out[key] = spec
     return out
 
 
-def build_dataset(spec: dict, seed: int):
+def build_dataset(spec: dict, seed: int, strict: bool = False):
     """One entry of the config's `data` -> an indexable dataset of `Sample`s (toy or LLaVA format)."""
     if "synthetic" in spec:
         return SyntheticDataset(spec.get("split", "train"), int(spec["synthetic"]), seed=spec.get("seed", seed),
                                 task=spec.get("task", "qa"))
-    return LlavaDataset(spec["path"], image_root=spec.get("image_root"))
+    return LlavaDataset(spec["path"], image_root=spec.get("image_root"), strict=strict)
 
 
 def check_data(cfg: TrainConfig, data: dict[str, dict]) -> dict[str, int]:
@@ -47,7 +49,7 @@ def check_data(cfg: TrainConfig, data: dict[str, dict]) -> dict[str, int]:
     otherwise have no sample to draw). Returns the number of usable records per data key."""
     sizes = {}
     for key in dict.fromkeys(s.data for s in cfg.stages):
-        ds = build_dataset(data[key], cfg.seed)
+        ds = build_dataset(data[key], cfg.seed, cfg.strict_data)
         if len(ds) == 0:
             spec = data[key]
             where = spec["path"] if "path" in spec else f"synthetic: {spec['synthetic']}"
@@ -71,22 +73,50 @@ def sample_order(n: int, total: int, seed: int) -> list[int]:
     return out[:total]
 
 
+ACCESS_ERRORS = (BadRecord, BadImage, TooLong)  # what a record can still fail with when it is read
+MAX_REPLACEMENTS = 64  # consecutive failing records before the data, not a record, is to blame
+
+
 class StepBatches(Dataset):
     """Item k: this process's k-th micro-batch of the stage, a pure function of k. Global step s
-    takes samples order[s·G : (s+1)·G], split over accumulation steps and processes."""
+    takes samples order[s·G : (s+1)·G], split over accumulation steps and processes.
 
-    def __init__(self, ds, proc, order, global_batch, micro, rank, world, pad_id):
+    A record that passed construction can still fail when read: an image truncated after its
+    header, a conversation whose image tokens do not fit `max_length`. It is replaced by the next
+    record (i+1, i+2, … mod n) that works, so the batch stays full and stays a pure function of
+    k (resume is exact); the batch's `skipped` names each one. strict=True raises instead."""
+
+    def __init__(self, ds, proc, order, global_batch, micro, rank, world, pad_id, strict: bool = False):
         self.ds, self.proc, self.order, self.G, self.m = ds, proc, order, global_batch, micro
-        self.rank, self.world, self.pad_id = rank, world, pad_id
+        self.rank, self.world, self.pad_id, self.strict = rank, world, pad_id, strict
         self.accum = global_batch // (micro * world)
 
     def __len__(self) -> int:
         return len(self.order) // self.G * self.accum
 
+    def example(self, i: int, skipped: list) -> dict:
+        """Sample i processed, or the first working replacement; failures are appended to `skipped`."""
+        n = len(self.ds)
+        for k in range(min(MAX_REPLACEMENTS, n)):
+            j = (i + k) % n
+            try:
+                return self.proc(self.ds[j])
+            except ACCESS_ERRORS as e:
+                where = self.ds.where(j) if hasattr(self.ds, "where") else f"item {j}"
+                reason = getattr(e, "reason", "conversation too long" if isinstance(e, TooLong) else type(e).__name__)
+                if self.strict:
+                    raise BadRecord(reason, str(e), where=where) from None
+                skipped.append((reason, f"{where}: {e}"))
+        raise RuntimeError(f"{min(MAX_REPLACEMENTS, n)} consecutive records from item {i} on failed when read "
+                           f"(last: {skipped[-1][1]}); check the data, not one record")
+
     def __getitem__(self, k: int):
         step, a = divmod(k, self.accum)
         start = step * self.G + (a * self.world + self.rank) * self.m
-        return collate([self.proc(self.ds[i]) for i in self.order[start:start + self.m]], self.pad_id)
+        skipped: list = []
+        batch = collate([self.example(i, skipped) for i in self.order[start:start + self.m]], self.pad_id)
+        batch.skipped = skipped
+        return batch
 
 
 def word_prior_counts(cfg: TrainConfig, data: dict, model, say, progress: bool = True) -> torch.Tensor | None:
@@ -101,5 +131,6 @@ def word_prior_counts(cfg: TrainConfig, data: dict, model, say, progress: bool =
     ds = build_dataset(data[stage2[0].data], cfg.seed)
     n = min(cfg.prior_samples, len(ds))
     say(f"word prior: counting the tokens of {n:,} captions of data '{stage2[0].data}'")
-    texts = ("\n".join(t["value"] for t in ds[i].conversations if t["from"] == "gpt") for i in range(n))
+    texts = ("\n".join(t["value"] for t in ds.conversations(i) if t["from"] == "gpt") for i in range(n))  # images
+    #                                                                         are not decoded to count text
     return count_tokens(texts, model.tokenizer, total=n, progress=progress)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -21,20 +22,21 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from safetensors.torch import load_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .config import PRESETS, TrainConfig, load_config
+from .config import PRESETS, RESUME_SAFE, TrainConfig, config_differences, load_config
 from .evaluate import resolution_sweep, with_control
 from .model import CoMPModel
-from .checkpoint import checkpoints, save_checkpoint
+from .checkpoint import checkpoints, load_checkpoint, nonfinite_state, save_checkpoint, set_aside
 from .report import stage_mode, write_report
 from .launch import cpu_processes, die_with_launcher, launch
 from .runlock import lock_run_dir, unlock_run_dir
 from .stage_data import StepBatches, build_dataset, check_data, resolve_data, sample_order, word_prior_counts
 from .stages import Stage, apply_stage
+
+log = logging.getLogger(__name__)
 
 
 # ---- the loop -------------------------------------------------------------------------------
@@ -45,9 +47,10 @@ def _log_line(path: Path, record: dict) -> None:
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: str | Path | None = None,
-          stop_after: int | None = None, progress: bool = True) -> dict:
+          stop_after: int | None = None, progress: bool = True, force: bool = False) -> dict:
     """Run every stage of `cfg`; write metrics, checkpoints, per-stage models, the final model and
     a report under `out`. `stop_after` (tests): return after that many optimiser steps in all.
+    A resume must use the saved config; force=True lets the fields of RESUME_SAFE differ.
     progress=False: no progress bars (e.g. in a notebook executed for the web, where a bar's
     widget would be saved frozen); the per-stage lines still print."""
     out = Path(out)
@@ -74,9 +77,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
     found = checkpoints(out)
     if not resume and found:
         raise FileExistsError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
+    if resume and found:
+        _check_resume_config(out, cfg, force)  # before anything in `out` is overwritten
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if not found and (out / "metrics.jsonl").is_file():  # a fresh run: no old metrics to append to
+            say(f"{out}: no complete checkpoint, starting afresh (the old metrics.jsonl is replaced)")
+            (out / "metrics.jsonl").unlink()
     set_seed(cfg.seed)
     model = CoMPModel.from_pretrained(pretrained=cfg.pretrained, **cfg.model)
     unit = model.vision.patch_size * model.config.merge
@@ -87,15 +95,15 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
     counts = word_prior_counts(cfg, data, model, say, progress and main)  # before loading a checkpoint: it holds the prior too
     if counts is not None:
         model.set_word_prior(counts)
-    meta = {"stage_index": 0, "step": 0, "global_step": 0, "evals": {}, "stage_minutes": {}}
+    meta = {"stage_index": 0, "step": 0, "global_step": 0, "evals": {}, "stage_minutes": {}, "skipped_when_read": {}}
+    ckpt = None
     if resume and found:
-        meta = json.loads((found[-1] / "meta.json").read_text())
-        load_model(model, str(found[-1] / "model.safetensors"))
-        if main and (out / "metrics.jsonl").is_file():  # drop records of steps after the checkpoint: they are redone
-            keep = [line for line in (out / "metrics.jsonl").read_text().splitlines()
-                    if line.strip() and json.loads(line)["global_step"] <= meta["global_step"]]
-            (out / "metrics.jsonl").write_text("".join(line + "\n" for line in keep))
-        say(f"resuming from {found[-1]}: stage {cfg.stages[meta['stage_index']].name if meta['stage_index'] < len(cfg.stages) else 'done'}, step {meta['step']}")
+        ckpt, meta = load_checkpoint(model, found, say)  # the newest that loads; torn ones are named
+        if main and (out / "metrics.jsonl").is_file():  # drop records of steps after the checkpoint (they are
+            keep = [rec for rec in _read_metrics(out / "metrics.jsonl")  # redone) and a torn last line
+                    if rec["global_step"] <= meta["global_step"]]
+            (out / "metrics.jsonl").write_text("".join(json.dumps(rec) + "\n" for rec in keep))
+        say(f"resuming from {ckpt}: stage {cfg.stages[meta['stage_index']].name if meta['stage_index'] < len(cfg.stages) else 'done'}, step {meta['step']}")
     if main and _trackers():
         accelerator.init_trackers(cfg.name, config={"preset": cfg.name, "global_batch": cfg.global_batch,
                                                     "micro_batch": cfg.micro_batch, "seed": cfg.seed})
@@ -108,7 +116,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
         if G % (cfg.micro_batch * accelerator.num_processes):
             raise ValueError(f"stage {stage.name}: global batch {G} is not a multiple of micro_batch × processes "
                              f"= {cfg.micro_batch} × {accelerator.num_processes}")
-        ds = build_dataset(data[stage.data], cfg.seed)
+        ds = build_dataset(data[stage.data], cfg.seed, cfg.strict_data)
         steps = stage.steps or len(ds) // G
         groups = apply_stage(model, stage, log_fn=say)
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
@@ -116,34 +124,40 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
         accelerator.free_memory()
         wrapped, opt, sched = accelerator.prepare(model, opt, sched)
         if start:
-            accelerator.load_state(str(found[-1] / "state"))  # the optimiser and schedule mid-stage
+            accelerator.load_state(str(ckpt / "state"))  # the optimiser and schedule mid-stage
         proc = model.processor(fixed_size=stage.fixed_size if stage.resolution == "fixed" else None,
                                min_tokens=stage.min_tokens, max_tokens=stage.max_tokens, max_length=stage.max_length)
         batches = StepBatches(ds, proc, sample_order(len(ds), steps * G, cfg.seed + 1000 * si), G, cfg.micro_batch,
-                              accelerator.process_index, accelerator.num_processes, model.tokenizer.pad_token_id)
+                              accelerator.process_index, accelerator.num_processes, model.tokenizer.pad_token_id,
+                              strict=cfg.strict_data)
         loader = DataLoader(batches, batch_size=None, num_workers=cfg.num_workers,
                             sampler=range(start * batches.accum, len(batches)))
         it, t_stage = iter(loader), time.time()
         params = [p for g in groups for p in g["params"]]
         bar = tqdm(range(start, steps), desc=f"stage {stage.name}", unit="step", disable=not (main and progress))
         for step in bar:
-            t0, sums, tokens, vis, n_img = time.time(), torch.zeros(3), 0, 0, 0
+            t0, sums, tokens, vis, n_img = time.time(), torch.zeros(4), 0, 0, 0
             for a in range(batches.accum):
                 batch = next(it).to(accelerator.device)
+                for _, what in batch.skipped:  # failed when read, replaced by the next record
+                    log.warning("stage %s step %d: skipped a record that failed when read, %s", stage.name, step + 1, what)
                 sync = contextlib.nullcontext() if a == batches.accum - 1 else accelerator.no_sync(wrapped)
                 with sync, accelerator.autocast():
                     o = wrapped(batch)
                     accelerator.backward(o.loss / batches.accum)
-                sums += torch.stack([o.loss.detach(), o.loss_dec.detach(), o.loss_align.detach()]).float().cpu()
+                sums += torch.stack([o.loss.detach().float().cpu(), o.loss_dec.detach().float().cpu(),
+                                     o.loss_align.detach().float().cpu(), torch.tensor(len(batch.skipped) * 1.0)])
                 tokens += int(batch.attention_mask.sum())
                 vis += int((batch.input_ids == model.config.image_token_id).sum())
                 n_img += len(batch.images)
-            loss, loss_dec, loss_align = (accelerator.reduce(sums.to(accelerator.device), "mean") / batches.accum).tolist()
+            totals = accelerator.reduce(sums.to(accelerator.device), "sum").cpu()  # over processes
+            loss, loss_dec, loss_align = (totals[:3] / (batches.accum * accelerator.num_processes)).tolist()
+            if totals[3] > 0:
+                skips = meta.setdefault("skipped_when_read", {})
+                skips[stage.name] = skips.get(stage.name, 0) + int(totals[3])
             if not all(map(math.isfinite, (loss, loss_dec, loss_align))):
-                last = checkpoints(out)[-1] if checkpoints(out) else None
                 raise FloatingPointError(f"stage {stage.name} step {step}: loss {loss}, loss_dec {loss_dec}, loss_align "
-                                         f"{loss_align}; stopped before the update. Last good checkpoint: {last} "
-                                         f"(--resume continues from it)")
+                                         f"{loss_align}; stopped before the update. " + _poisoned(accelerator, out, meta))
             accelerator.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
@@ -176,6 +190,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                                 f"{v['chance']:.2f})" for k, v in ev["by_question"].items() if k != "all"))
                     meta = _broadcast(accelerator, meta)
                     meta["rank_checksums"] = _rank_checksums(accelerator, model)
+                bad = nonfinite_state(model, opt)  # only finite weights and optimiser state make a checkpoint
+                if accelerator.reduce(torch.tensor([float(len(bad))], device=accelerator.device), "sum").item():
+                    raise FloatingPointError(f"stage {stage.name} step {step + 1}: not finite after the update: "
+                                             f"{', '.join(bad[:4])}{' …' if len(bad) > 4 else ''}; not saved. "
+                                             + _poisoned(accelerator, out, meta))
                 save_checkpoint(accelerator, wrapped, out, meta, cfg.keep_checkpoints)
                 if end and main:
                     model.save_pretrained(out / "stages" / stage.name)
@@ -199,6 +218,51 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
     accelerator.end_training()
     unlock_run_dir(out)
     return meta
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """The records of metrics.jsonl; a line torn by a kill mid-write is dropped."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("global_step"), int):
+            out.append(rec)
+    return out
+
+
+def _check_resume_config(out: Path, cfg: TrainConfig, force: bool) -> None:
+    """A resume continues the saved run: its resolved config must be the one in config.json."""
+    path = out / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        if force:
+            return
+        raise ValueError(f"--resume: cannot read the saved config {path} ({e}); --force resumes without the check") from None
+    diffs = config_differences(saved, cfg.to_dict())
+    unsafe = [d for d in diffs if d.split(".")[0] not in RESUME_SAFE]
+    if unsafe or (diffs and not force):
+        raise ValueError(f"--resume: the config differs from the run's saved {path} in {', '.join(diffs)}. Resume "
+                         f"with the same preset and overrides" + (f"; --force allows only {', '.join(RESUME_SAFE)} to differ"
+                                                                   if unsafe else "; --force accepts these"))
+
+
+def _poisoned(accelerator, out: Path, meta: dict) -> str:
+    """The weights after global step meta["global_step"] gave a non-finite result. A checkpoint
+    of exactly those weights would give it again on resume (the data order is fixed), so it is
+    set aside; the last good checkpoint is the newest before it."""
+    found, note = checkpoints(out), ""
+    if found and found[-1].name == f"step-{meta['global_step']:07d}":
+        if accelerator.is_main_process:
+            note = f" The checkpoint of these weights was set aside as {set_aside(found[-1]).name}."
+        found = found[:-1]
+    accelerator.wait_for_everyone()
+    last = found[-1] if found else None
+    return (f"Last good checkpoint: {last} (--resume continues from it; lower the learning rate in a new run "
+            f"if it diverges again).{note}" if last else f"No good checkpoint to resume from.{note}")
 
 
 @contextlib.contextmanager
@@ -267,6 +331,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", default=None, help="the folder that the preset's relative data paths are in")
     ap.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
     ap.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    ap.add_argument("--force", action="store_true",
+                    help=f"with --resume: let these fields differ from the saved config: {', '.join(RESUME_SAFE)}")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in all")
     ap.add_argument("--procs", default="auto",
                     help="CPU only: train with this many processes (DDP over gloo, launched here with torchrun), "
@@ -293,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_launcher()
     out = Path(args.out or f"runs/{cfg.name}")
     t0 = time.time()
-    meta = train(cfg, out, resume=args.resume, data_root=args.data, stop_after=args.max_steps)
+    meta = train(cfg, out, resume=args.resume, data_root=args.data, stop_after=args.max_steps, force=args.force)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if (out / "report.md").is_file():

@@ -266,9 +266,10 @@ def test_nan_guard_stops_with_a_clear_message(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(mc.CoMPModel, "forward", poisoned)
-    with pytest.raises(FloatingPointError, match=r"stage II-fixed step 0: loss nan.*Last good checkpoint: .*step-0000003"):
-        mtrain.train(cfg, tmp_path / "run")
-    assert [c.name for c in mtrain.checkpoints(tmp_path / "run")][-1] == "step-0000003"
+    with pytest.raises(FloatingPointError, match=r"stage II-fixed step 0: loss nan.*Last good checkpoint: .*step-0000002"
+                                                 r".*set aside as poisoned-step-0000003"):
+        mtrain.train(cfg, tmp_path / "run")  # step 3's weights gave the NaN: resuming from them would again
+    assert [c.name for c in mtrain.checkpoints(tmp_path / "run")][-1] == "step-0000002"
 
 
 def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):

@@ -1,7 +1,7 @@
 """Examples -> one `Batch`: the documented input of `CoMPModel.forward`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +20,7 @@ class Batch:
     align_ids:      (B, La) long, the caption alone (no image, no template), right-padded
     align_mask:     (B, La) long
     ids:            list of B sample ids
+    skipped:        records that failed when read and were replaced, as (reason, "record: error")
     """
     images: list[torch.Tensor]
     image_index: torch.Tensor
@@ -29,11 +30,12 @@ class Batch:
     align_ids: torch.Tensor
     align_mask: torch.Tensor
     ids: list
+    skipped: list = field(default_factory=list)
 
     def to(self, device) -> "Batch":
         return Batch([x.to(device) for x in self.images],
                      *(t.to(device) for t in (self.image_index, self.input_ids, self.attention_mask, self.labels,
-                                              self.align_ids, self.align_mask)), self.ids)
+                                              self.align_ids, self.align_mask)), self.ids, self.skipped)
 
 
 def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:

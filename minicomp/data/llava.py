@@ -7,7 +7,8 @@ Bad records are skipped and counted by reason in `.skipped` (a log line reports 
 ``len(ds) + sum(ds.skipped.values())`` equals the number of records read; ``strict=True``
 raises at the first one, naming it. Images are checked at construction from their headers
 (missing, unreadable, too small, decompression bombs, extreme aspect ratios) and decoded on
-access.
+access, where a file truncated after its header still fails (`BadImage`): the training loader
+(`minicomp.stage_data.StepBatches`) counts such a record and takes a deterministic replacement.
 """
 from __future__ import annotations
 
@@ -49,17 +50,23 @@ def read_records(path: str | os.PathLike):
         if "image" in ds.column_names and isinstance(ds.features["image"], datasets.Image):
             ds = ds.cast_column("image", datasets.Image(decode=False))  # bytes, decoded on access
         return ds
-    if path.suffix == ".jsonl":
+    if path.suffix == ".jsonl":  # one bad line (invalid UTF-8 or JSON, nested too deep) is one bad record
         out = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
+        for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+            if raw.strip():
                 try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    out.append(BadRecord("invalid JSON", f"{path}:{n}: {e}"))
+                    out.append(json.loads(raw.decode("utf-8")))
+                except UnicodeDecodeError as e:
+                    out.append(BadRecord("invalid UTF-8", f"{path}:{n}: {e}"))
+                except (json.JSONDecodeError, RecursionError) as e:
+                    out.append(BadRecord("invalid JSON", f"{path}:{n}: {type(e).__name__}: {e}"))
         return out
     if path.suffix == ".json":
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{path}: not a valid JSON file ({type(e).__name__}: {e}); expected a JSON list "
+                             f"of records") from None
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
         return data
@@ -82,6 +89,9 @@ def check_record(rec, image_root: Path | None) -> tuple[str | None, list[dict]]:
             raise BadRecord("empty text", f"a {t['from']} turn has no text")
     if not any(t["from"] == "gpt" for t in conv):
         raise BadRecord("no assistant turn", "no `gpt` turn to supervise")
+    first = next(t["from"] for t in conv if t["from"] != "system")
+    if first != "human":
+        raise BadRecord("assistant turn first", "the first turn after any system turn must be `human`")
     images = rec.get("image")
     images = [] if images is None else [images] if isinstance(images, (str, dict)) else images
     if not isinstance(images, list) or not all(isinstance(i, (str, dict)) for i in images):
@@ -96,6 +106,9 @@ def check_record(rec, image_root: Path | None) -> tuple[str | None, list[dict]]:
         return None, conv
     if isinstance(images[0], dict):  # embedded (datasets): {"bytes": ..., "path": ...}
         data = images[0].get("bytes")
+        if not isinstance(data, bytes):  # JSON holds no bytes: {"bytes": "<a path>"} would dodge the root check
+            raise BadRecord("bad embedded image", f"`bytes` must be encoded image bytes (a datasets file), "
+                                                  f"got {type(data).__name__}")
         if not data:
             raise BadRecord("missing field", "embedded image has no bytes")
         try:
@@ -103,6 +116,8 @@ def check_record(rec, image_root: Path | None) -> tuple[str | None, list[dict]]:
         except BadImage as e:
             raise BadRecord(e.reason, e.detail) from None
         return EMBEDDED, conv
+    if "\x00" in images[0]:
+        raise BadRecord("bad image path", f"{images[0]!r} holds a NUL byte")
     root = (image_root or Path(".")).resolve()
     path = (root / images[0]).resolve()
     if root not in path.parents:
@@ -139,6 +154,15 @@ class LlavaDataset:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def where(self, i: int) -> str:
+        """Item i's record, named as errors name it: "<file> record 3 (id 'x')"."""
+        meta = self.items[i][2]
+        return f"{self.path} record {meta['index']} (id {meta['id']!r})"
+
+    def conversations(self, i: int) -> list[dict]:
+        """Item i's turns, without decoding its image (for counting text, e.g. the word prior)."""
+        return self.items[i][1]
 
     def __getitem__(self, i: int) -> Sample:
         image, conv, meta = self.items[i]

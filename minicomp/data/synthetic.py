@@ -285,9 +285,19 @@ class SyntheticDataset:
         return self.size
 
     def __getitem__(self, i: int) -> Sample:
+        return self._sample(i, render=True)
+
+    def _sample(self, i: int, render: bool) -> Sample:
         if not -self.size <= i < self.size:
             raise IndexError(f"index {i} out of range for a dataset of {self.size}")
-        s = make_sample(self.seed, self.split, i % self.size, self.family)
+        s = make_sample(self.seed, self.split, i % self.size, self.family, render=render)
         if self.task == "caption" or (self.task == "mix" and i % 2 == 0):
             s.conversations = [{"from": "human", "value": "<image>\n" + CAPTION_PROMPT}, {"from": "gpt", "value": s.caption}]
         return s
+
+    def where(self, i: int) -> str:
+        return f"synthetic {self.split} sample {i % self.size} (seed {self.seed}, task {self.task})"
+
+    def conversations(self, i: int) -> list[dict]:
+        """Sample i's turns, without drawing its image."""
+        return self._sample(i, render=False).conversations
