@@ -34,6 +34,7 @@ class TrainConfig:
     pretrained: bool = True  # load the VFM's and LLM's weights (False: random, for tests)
     word_prior: str | None = "auto"  # "auto": count the captions of the Stage II data; a counts file; None: uniform
     prior_samples: int = 2000  # captions counted for "auto"
+    word_prior_rule: str = "frequency"  # counts -> u_W (`minicomp.align.word_prior`): "frequency" or the authors' "softmax"
     save_every: int = 0  # optimiser steps between checkpoints (0: only at each stage's end)
     keep_checkpoints: int = 2
     log_every: int = 1
@@ -95,6 +96,9 @@ def _check_ranges(cfg: "TrainConfig") -> None:
         raise ValueError(f"eval_budgets: expected a list of token budgets, got {cfg.eval_budgets!r}")
     for i, b in enumerate(cfg.eval_budgets):
         number(f"eval_budgets[{i}]", b, 1, integer=True)
+    from .align import PRIOR_RULES
+    if cfg.word_prior_rule not in PRIOR_RULES:
+        raise ValueError(f"word_prior_rule: expected one of {PRIOR_RULES}, got {cfg.word_prior_rule!r}")
 
 
 # ---- overrides ------------------------------------------------------------------------------

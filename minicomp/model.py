@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .align import MODES, VARIANTS, alignment_loss, masked_mean, pool_packed, word_prior
 from .data.collate import Batch
-from .data.processor import Processor
+from .data.processor import ALIGN_TEXTS, Processor
 from .data.resize import resize_fixed, resize_to_budget, to_tensor
 from .data.tokenize import IGNORE, IMAGE_TOKEN, encode_prompt
 from .known_llms import IMAGE_TOKEN_IDS, llm_config
@@ -39,6 +39,9 @@ from .vision import CRoPEViT
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "comp_config.json"
+# W of Eq. 8. The paper says word embeddings; the authors' code scores against lm_head.weight. The
+# two are one matrix in a tied LLM (Qwen2.5-0.5B), two in an untied one (Qwen2.5-7B).
+PROTOTYPES = ("output", "input")
 
 
 @dataclass
@@ -64,6 +67,8 @@ class CoMPConfig:
     n_iters: int = 3
     sinkhorn_mode: str = "balanced"
     variant: str = "sinkhorn"
+    align_text: str = "caption"  # the text of F_t: "caption" (the sample's caption) or "shuffled_answers" (the authors')
+    prototypes: str = "output"  # W of Eq. 8: "output" (lm_head, as the authors' code) or "input" (the paper's word embeddings)
     # LLM input without padding (minicomp.seqpack): the same losses, fewer token slots
     pack_sequences: bool = True
     # the LLM's id of the image placeholder; None: the tokenizer's "<image>" (added if missing)
@@ -83,6 +88,10 @@ class CoMPConfig:
             raise ValueError(f"sinkhorn_mode={self.sinkhorn_mode!r}, expected one of {MODES}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant={self.variant!r}, expected one of {VARIANTS}")
+        if self.align_text not in ALIGN_TEXTS:
+            raise ValueError(f"model.align_text={self.align_text!r}, expected one of {ALIGN_TEXTS}")
+        if self.prototypes not in PROTOTYPES:
+            raise ValueError(f"model.prototypes={self.prototypes!r}, expected one of {PROTOTYPES}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "CoMPConfig":
@@ -151,7 +160,7 @@ class CoMPModel(nn.Module):
         self.register_buffer("word_prior", None)  # (K,) the prototype marginal u_W of Eq. 9; None: uniform
         self.prototypes = None  # the "learnable" variant's own prototypes (Tab. 5b)
         if self.config.variant == "learnable":
-            self.prototypes = nn.Parameter(llm.get_input_embeddings().weight.detach().clone())
+            self.prototypes = nn.Parameter(self.word_embeddings().detach().clone())
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
@@ -193,7 +202,8 @@ class CoMPModel(nn.Module):
         cfg = self.vision.pretrained_cfg
         return Processor(self.tokenizer, patch=self.vision.patch_size, merge=self.config.merge,
                          fixed_size=fixed_size, min_tokens=min_tokens, max_tokens=max_tokens, max_length=max_length,
-                         mean=tuple(cfg.get("mean", (0.5,) * 3)), std=tuple(cfg.get("std", (0.5,) * 3)))
+                         mean=tuple(cfg.get("mean", (0.5,) * 3)), std=tuple(cfg.get("std", (0.5,) * 3)),
+                         align_text=self.config.align_text)
 
     def encode_images(self, images: list[torch.Tensor]) -> Packed:
         """list of (3, H_i, W_i) -> merged visual tokens in the LLM's width, `Packed` (grids halved)."""
@@ -262,6 +272,13 @@ class CoMPModel(nn.Module):
                                  f"tokens to pool")
             return rows.mean_per_sequence(h, len(align_ids))  # (n, D)
 
+    def word_embeddings(self) -> torch.Tensor:
+        """(K, D) the prototypes W of Eq. 8, as `config.prototypes` chooses (normalised and detached
+        in `alignment_loss`)."""
+        if self.config.prototypes == "output":
+            return self.llm.get_output_embeddings().weight
+        return self.llm.get_input_embeddings().weight
+
     def align_loss(self, merged: Packed, batch: Batch) -> torch.Tensor:
         """Eq. 7–10 for the samples that have an image: F_v from the merger, F_t from the LLM."""
         c = self.config
@@ -270,7 +287,7 @@ class CoMPModel(nn.Module):
             raise ValueError("the alignment loss pairs one image with one caption; a sample has several images")
         f_v = pool_packed(merged)  # (n_img, D)
         f_t = self.text_features(batch.align_ids[idx], batch.align_mask[idx])  # (n_img, D)
-        protos = self.prototypes if self.prototypes is not None else self.llm.get_input_embeddings().weight
+        protos = self.prototypes if self.prototypes is not None else self.word_embeddings()
         return alignment_loss(f_v, f_t, protos, self.word_prior, c.eps, c.temp, c.n_iters, c.sinkhorn_mode, c.variant)
 
     def forward(self, batch: Batch) -> CoMPOutput:

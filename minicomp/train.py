@@ -94,7 +94,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                              f"= {unit} px for this model")
     counts = word_prior_counts(cfg, data, model, say, progress and main)  # before loading a checkpoint: it holds the prior too
     if counts is not None:
-        model.set_word_prior(counts)
+        model.set_word_prior(counts, cfg.word_prior_rule)
     meta = {"stage_index": 0, "step": 0, "global_step": 0, "evals": {}, "stage_minutes": {}, "skipped_when_read": {}}
     ckpt = None
     if resume and found:

@@ -164,7 +164,8 @@ def test_word_prior():
     torch.testing.assert_close(align.word_prior(counts), torch.tensor([1 / 7, 2 / 7, 4 / 7]))
     torch.testing.assert_close(align.word_prior(counts, smoothing=0.0), torch.tensor([0.0, 0.25, 0.75]))
     soft = align.word_prior(torch.tensor([10.0, 11.0, 100.0]), rule="softmax")
-    assert soft.argmax() == 2 and soft[2] > 0.999  # the authors' rule collapses onto frequent tokens
+    assert soft.argmax() == 2 and 0.999 < soft.sum() < 1.001  # frequencies 0.09 … 0.83: still ordered,
+    assert soft[2] / soft[0] == pytest.approx(math.exp((100 - 10) / 121 / 0.05), rel=1e-5)  # but soft
     with pytest.raises(ValueError, match="non-negative"):
         align.word_prior(torch.tensor([1.0, -1.0]))
     with pytest.raises(ValueError, match="rule"):
@@ -207,3 +208,21 @@ def test_alignment_targets_are_the_losses_targets():
         torch.testing.assert_close(align.alignment_targets(txt, W, prior, eps=0.1, variant=variant), ref)
     with pytest.raises(ValueError, match="no prototype targets"):
         align.alignment_targets(txt, W, variant="infonce")
+
+
+def test_softmax_prior_is_the_authors_rule_on_any_counts():
+    """Their code: vocab_dist = counts.clamp(min=1) / counts.sum(), then (vocab_dist / 0.05).softmax(0),
+    in float32 (written here from reading it, not copied)."""
+    g = torch.Generator().manual_seed(0)
+    for counts in (torch.randint(0, 50_000, (151_657,), generator=g).float(),  # their vocabulary size
+                   torch.tensor([0.0, 0.0, 3.0]), (torch.rand(1000, generator=g) ** 8 * 1e6).floor()):
+        ours = align.word_prior(counts, rule="softmax")
+        for dtype, rtol in ((torch.float64, 1e-6), (torch.float32, 5e-4)):  # float32: their sums of 151,657
+            f = counts.to(dtype).unsqueeze(1)  # (K, 1), as they hold it          terms round at about 1e-4
+            theirs = ((f.clamp(min=1) / f.sum(dim=0, keepdim=True)) / 0.05).softmax(dim=0)[:, 0]
+            torch.testing.assert_close(ours.double(), theirs.double(), rtol=rtol, atol=0)
+    zipf = 1e7 / torch.arange(1, 151_658).double()  # a Zipfian caption set: nearly uniform all the same
+    u = align.word_prior(zipf, rule="softmax")
+    assert 1 < float(u.max() / u.min()) < 10  # e^1.6 here; softmax over raw counts: e^(2e8)
+    with pytest.raises(ValueError, match="every count is zero"):
+        align.word_prior(torch.zeros(4), rule="softmax")

@@ -262,6 +262,46 @@ def test_tokenizer_without_image_token_pad_or_template_is_completed():
     assert torch.isfinite(out.loss) and out.n_supervised > 0
 
 
+def test_prototypes_are_lm_head_by_default_and_the_input_embeddings_on_request():
+    """The authors score against lm_head.weight; the paper names the word embeddings. An untied
+    LLM (as Qwen2.5-7B) tells them apart."""
+    losses = {}
+    for which in ("output", "input"):
+        torch.manual_seed(0)
+        model = mc.CoMPModel.from_preset("tiny", pretrained=False, prototypes=which).eval()
+        torch.manual_seed(1)
+        model.llm.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.llm.lm_head.weight))  # untied
+        assert model.llm.get_output_embeddings().weight is not model.llm.get_input_embeddings().weight
+        b = _batch(model, text_only=False)
+        with torch.no_grad():
+            out = model(b)
+            merged = model.encode_images(b.images)
+        f_v = torch.stack([t.mean(0) for t in merged.split()])  # (n, D)
+        f_t = model.text_features(b.align_ids, b.align_mask)  # (n, D)
+        W = (model.llm.lm_head.weight if which == "output" else model.llm.get_input_embeddings().weight)
+        ref = mc.alignment_loss(f_v, f_t, W, None, 0.005, 0.005, 3)
+        torch.testing.assert_close(out.loss_align, ref, rtol=1e-5, atol=1e-5)
+        losses[which] = out.loss_align.item()
+    assert losses["output"] != losses["input"]
+    with pytest.raises(ValueError, match=r"model.prototypes='words', expected one of \('output', 'input'\)"):
+        mc.CoMPConfig(prototypes="words")
+
+
+def test_alignment_text_is_the_caption_or_the_authors_shuffled_answers(tiny):
+    s = data.SyntheticDataset("train", 2, task="qa")[1]
+    answers = [t["value"] for t in s.conversations if t["from"] == "gpt"]
+    assert tiny.processor().alignment_text(s) == s.caption
+    proc = data.Processor(tiny.tokenizer, patch=8, align_text="shuffled_answers")
+    text = proc.alignment_text(s)
+    assert sorted(text.split(" ")) == sorted(" ".join(answers).split(" "))  # the answers, joined with spaces
+    assert all(proc.alignment_text(s) == text for _ in range(3))  # seeded by the sample id: resume is exact
+    orders = {data.Processor(tiny.tokenizer, patch=8, align_text="shuffled_answers").alignment_text(
+        data.Sample(None, "", [{"from": "gpt", "value": str(k)} for k in range(6)], {"id": i})) for i in range(20)}
+    assert len(orders) > 5  # and shuffled: different ids, different orders
+    with pytest.raises(ValueError, match="align_text"):
+        mc.CoMPConfig(align_text="captions")
+
+
 def test_learnable_prototypes_variant_trains_its_own_prototypes():
     model = mc.CoMPModel.from_preset("tiny", variant="learnable")
     b = _batch(model, text_only=False)

@@ -109,6 +109,7 @@ def test_command_line_takes_several_overrides_per_set():
     (["stages.III.lr.llm=.nan"], r"stages.III.lr.llm: expected a finite number"),
     (["stages.III.lr.llm=.inf"], r"stages.III.lr.llm: expected a finite number"),
     (["stages.II-fixed.fixed_size=-64"], r"stages.II-fixed.fixed_size: expected a positive integer"),
+    (["word_prior_rule=counts"], r"word_prior_rule: expected one of \('frequency', 'softmax'\)"),
 ])
 def test_bad_config_errors_name_the_key(sets, match):
     with pytest.raises(ValueError, match=match):
