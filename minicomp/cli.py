@@ -155,11 +155,14 @@ def _toy_world(args) -> None:
 def _probe_table(log: dict) -> str:
     """The build log's probes as a text table: pretrained / random weights, per resolution."""
     res = list(log["probes"])
-    keys = list(log["probes"][res[0]])
+    keys = list(dict.fromkeys(k for r in res for k in log["probes"][r]))  # a crop column has the patch probes only
+
+    def cell(r, k):
+        if k not in log["probes"][r]:
+            return f"{'–':>26}"
+        return f"{log['probes'][r][k]:>13.2f} / {log['probes_random_init'][r][k]:.2f} (rnd)"
     rows = [f"  {'probe':<14}" + "".join(f"{r:>26}" for r in res)]
-    for k in keys:
-        rows.append(f"  {k:<14}" + "".join(f"{log['probes'][r][k]:>13.2f} / {log['probes_random_init'][r][k]:.2f} (rnd)"
-                                           for r in res))
+    rows += [f"  {k:<14}" + "".join(cell(r, k) for r in res) for k in keys]
     return "\n".join(rows)
 
 

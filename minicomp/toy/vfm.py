@@ -172,9 +172,33 @@ def retrieval_accuracy(objective: SigLIP, images: torch.Tensor, cap_ids: list[to
 
 # ---- the build ------------------------------------------------------------------------------
 
+@torch.no_grad()
+def crop_probes(vit: nn.Module, n_train: int = 600, n_test: int = 300, seed: int = 1) -> dict[str, float]:
+    """The per-patch glyph and word probes on held-out 64×64 glyph crops: reading at the VFM's own
+    resolution and grid, with glyphs at the scale of the native budget. Against the native column
+    (the same glyph scale on a larger grid, through the interpolated APE) it measures what
+    leaving the pretraining grid costs. -> {"glyph": accuracy, "word": accuracy}."""
+    from .probes import fit_probe
+
+    feats, labs = [], []
+    for split, n in (("train", n_train), ("test", n_test)):
+        crops, labels, _ = glyph_crops(split, n, seed=seed)  # (n, 3, 64, 64), (n, 2, 8, 8)
+        t = vit.eval().forward_features(normalise(crops, vit))[:, vit.num_prefix_tokens:]  # (n, 64, D) patch tokens
+        feats.append(t.flatten(0, 1))  # (n * 64, D)
+        labs.append(labels.flatten(2).transpose(1, 2).flatten(0, 1))  # (n * 64, 2): glyph, word per patch
+    out = {}
+    for j, name in enumerate(("glyph", "word")):
+        tr, te = labs[0][:, j] >= 0, labs[1][:, j] >= 0
+        probe = fit_probe(feats[0][tr], labs[0][tr, j])
+        out[name] = float((probe(feats[1][te]).argmax(1) == labs[1][te, j]).float().mean())
+    return out
+
+
 def _probe_table(vit: nn.Module, train, test) -> dict:
-    """Probes at the pretraining size and at native resolution (the tiny budget, APE interpolation only)."""
+    """Probes at the pretraining size, on glyph crops at that size, and at native resolution (the
+    tiny budget, APE interpolation only)."""
     return {f"fixed {RESOLUTION}px": measure_probes(vit, train, test),
+            f"crops {RESOLUTION}px": crop_probes(vit),
             f"native <={NATIVE_PATCHES} patches": measure_probes(vit, train, test, size=None)}
 
 
