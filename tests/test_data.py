@@ -96,6 +96,15 @@ def test_glyphs_legible_at_the_native_budget_and_not_after_the_fixed_square(fami
     assert squeezed.mean() >= (0.9 if family == "document" else 0.7)
 
 
+def test_a_documents_title_is_set_larger_than_its_body_and_fits_the_page():
+    for i in range(40):
+        m = make_sample(0, "train", i, family="document").meta
+        n = len(m["lines"][0])  # the title's glyphs come first
+        cap = lambda boxes: max(b[4] - b[2] for b in boxes)  # tallest glyph: letters with ascenders
+        assert cap(m["glyphs"][:n]) > 1.05 * cap(m["glyphs"][n:])  # larger, narrowed only to fit a thin page
+        assert max(b[3] for b in m["glyphs"][:n]) <= m["size"][0] - 5 * m["scale"]  # inside the right margin
+
+
 def test_glyph_patch_labels_put_each_glyph_in_its_patch():
     m = {"size": (32, 16), "glyphs": [["a", 1, 1, 7, 7], ["B", 17, 9, 23, 15], ["e", 16, 8, 18, 10]]}
     lab = glyph_patch_labels(m, (16, 32), 8)

@@ -89,7 +89,11 @@ def test_shipped_toy_vfm_loads_like_a_hub_model_and_is_trained(kind):
         assert log["retrieval_top1_of_100"] > 0.08
     assert native["glyph"] > fixed["glyph"] + 0.1  # glyphs are legible at the native budget, not at 64 px
     if kind == "vision":  # its crops taught it to read (siglip's bag of characters did not: README)
-        assert native["glyph"] > log["probes_random_init"]["native <=256 patches"]["glyph"] + 0.1
+        assert native["glyph"] > log["probes_random_init"]["native <=256 patches"]["glyph"] + 0.3
+        crops = log["probes"]["crops 64px"]  # reading at its own 64 px, glyphs at the native scale
+        assert crops["glyph"] > log["probes_random_init"]["crops 64px"]["glyph"] + 0.3
+        assert native["title"] > log["probes_random_init"]["native <=256 patches"]["title"] + 0.1  # the big title
+        assert fixed["count"] - native["count"] > 0.15  # layout degrades at native with APE interpolation alone
     # recompute on fresh held-out samples: the shipped weights give the logged quality
     train, test = probe_images("train", 600, seed=5), probe_images("test", 300, seed=5)
     acc = measure_probes(vit, train, test, glyphs=False)

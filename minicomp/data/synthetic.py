@@ -9,8 +9,9 @@ answers for Stage III and evaluation, and its ground truth in `meta`.
 **Legibility is designed, and measured.** Every image is drawn larger than the tiny preset's
 native budget (64 merged tokens = 16,384 px² with 8-px patches), with its glyphs scaled to its
 size, so that resized to that budget its text is about 14 px (lower-case letters about a patch
-tall). Squashed to a fixed low-resolution square, the same glyphs fall below half a patch on at
-least one axis: the aspect ratio and the downscale take the detail. `meta["glyphs"]` holds every
+tall). A document's title is set 1.5× larger (narrowed to fit a thin page), as titles are, so
+that it can be found by how it looks. Squashed to a fixed low-resolution square, the same glyphs
+fall below half a patch on at least one axis: the aspect ratio and the downscale take the detail. `meta["glyphs"]` holds every
 glyph's box, `glyph_patches` gives glyph height and width in patches at any size, and
 `glyph_patch_labels` the per-patch character labels a recognition probe is trained on
 (`word_patch_labels`: the word each patch lies in; all in `data.labels`). `segmentation` renders
@@ -52,6 +53,7 @@ READING = ("document/title", "chart/longest")  # the text-rich kinds: answered o
 ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16), (2, 1), (1, 2), (3, 1), (1, 3), (4, 1), (1, 4))
 BUDGET_AREA = 64 * 16 * 16  # px² of the tiny preset's native budget: 64 merged tokens of 16×16 px
 FONT_AT_BUDGET = 14  # font size (px) of every glyph once the image is resized to BUDGET_AREA
+TITLE_SCALE = 1.5  # a document's title is set larger, as titles are (narrowed to fit a thin page)
 AREA = (1.0, 2.5)  # native area as a multiple of BUDGET_AREA
 
 
@@ -86,7 +88,7 @@ def _pick_aspect(rng, fits) -> tuple[int, int]:
 def _document(rng) -> dict:
     n = int(rng.integers(2, 6))  # lines, uniform in 2..5
     pitch, margin = 1.45 * FONT_AT_BUDGET, 6
-    w, h = _layout(_pick_aspect(rng, lambda w, h: h >= 2 * margin + n * pitch))
+    w, h = _layout(_pick_aspect(rng, lambda w, h: h >= 2 * margin + (n - 1 + TITLE_SCALE) * pitch))
     per_line = max(1, int((w - 2 * margin) // 60))  # words of at most 5 letters (≤ 50 px) fit per line
     lines = [" ".join(WORDS[j] for j in rng.integers(len(WORDS), size=int(rng.integers(1, per_line + 1))))
              for _ in range(n)]
@@ -142,6 +144,16 @@ def _draw_text(d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font,
                       max(b[4] for b in boxes)])
 
 
+def _title_size(title: str, width: int, k: float) -> int:
+    """Font size (native px) of a document's title: TITLE_SCALE × the body's, narrowed so that the
+    word fits the page between its 6-px margins."""
+    size = round(TITLE_SCALE * FONT_AT_BUDGET * k)
+    room = width - 12 * k
+    while size > round(FONT_AT_BUDGET * k) and _font(size).getlength(title) > room:
+        size -= 1
+    return size
+
+
 def _render(m: dict, mask: bool = False) -> tuple[Image.Image, list, list]:
     """Draw the sample at its native size: budget-scale geometry times m["scale"]. mask=True: the
     same drawing as an "L" image of SEGMENTS indices (per-pixel ground truth) instead of colours."""
@@ -153,8 +165,11 @@ def _render(m: dict, mask: bool = False) -> tuple[Image.Image, list, list]:
     ink = paint("text", "black")
     font = _font(round(FONT_AT_BUDGET * k))
     if m["family"] == "document":
-        for i, line in enumerate(m["lines"]):
-            _draw_text(d, (6 * k, (6 + i * 1.45 * FONT_AT_BUDGET) * k - font.getbbox("H")[1]), line, font, glyphs, words, ink)
+        title = _font(_title_size(m["lines"][0], w, k))
+        _draw_text(d, (6 * k, 6 * k - title.getbbox("H")[1]), m["lines"][0], title, glyphs, words, ink)
+        top = 6 + TITLE_SCALE * 1.45 * FONT_AT_BUDGET  # budget-scale y of the second line
+        for i, line in enumerate(m["lines"][1:]):
+            _draw_text(d, (6 * k, (top + i * 1.45 * FONT_AT_BUDGET) * k - font.getbbox("H")[1]), line, font, glyphs, words, ink)
     elif m["family"] == "chart":
         n, hor = len(m["labels"]), m["horizontal"]
         long_, short = (h, w) if hor else (w, h)

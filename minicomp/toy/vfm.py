@@ -19,7 +19,13 @@ Each sees two kinds of 64×64 input in pretraining, as real VFMs do:
 
 Both are saved with timm's `save_for_hf` (config.json + model.safetensors), so they load with
 ``timm.create_model("local-dir:<path>", pretrained=True)``, the same call as a hub model.
-Each build log holds the probes of `probes.measure_probes` at 64 px and at native resolution.
+Each build log holds the probes of `probes.measure_probes` at 64 px and at native resolution,
+and the patch probes on held-out glyph crops at 64 px (`crop_probes`: the same glyph scale as
+native, on the pretraining grid), against the same ViT with random weights.
+
+The vision VFM's reading emerges late: its dense-OCR loss sits on a plateau for about 1,500
+steps before it falls, so it trains 2,400 steps (`STEPS`); at 800, its glyph probe at native
+resolution was 0.52 against 0.36 for random weights.
 """
 from __future__ import annotations
 
@@ -198,11 +204,14 @@ def _probe_table(vit: nn.Module, train, test) -> dict:
     """Probes at the pretraining size, on glyph crops at that size, and at native resolution (the
     tiny budget, APE interpolation only)."""
     return {f"fixed {RESOLUTION}px": measure_probes(vit, train, test),
-            f"crops {RESOLUTION}px": crop_probes(vit),
+            f"crops {RESOLUTION}px": crop_probes(vit, min(600, len(train[0])), min(300, len(test[0]))),
             f"native <={NATIVE_PATCHES} patches": measure_probes(vit, train, test, size=None)}
 
 
-def build_toy_vfm(kind: str, out: str | Path, tokenizer: str | Path | None = None, steps: int = 800,
+STEPS = {"vision": 2400, "siglip": 800}  # pretraining steps per kind (the vision VFM's reading needs ~2000: README)
+
+
+def build_toy_vfm(kind: str, out: str | Path, tokenizer: str | Path | None = None, steps: int | None = None,
                   batch: int = 32, lr: float = 1e-3, n_train: int = 8000, n_probe: int = 1000,
                   n_test: int = 500, seed: int = 0) -> dict:
     """Pretrain a toy VFM from scratch at 64×64 (squashed images and glyph crops, `batch` of each
@@ -210,6 +219,7 @@ def build_toy_vfm(kind: str, out: str | Path, tokenizer: str | Path | None = Non
     retrieval) against the same ViT with random weights, and save it to `out` (timm format) with
     a `build_log.json`. `tokenizer` (a saved tokenizer dir) is needed for siglip."""
     t0 = time.time()
+    steps = STEPS[kind] if steps is None else steps
     if kind == "siglip" and tokenizer is None:
         raise ValueError("the siglip toy VFM needs `tokenizer` (the toy LLM's tokenizer directory)")
     torch.manual_seed(seed)
