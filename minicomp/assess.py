@@ -8,7 +8,10 @@
 - "probes": probes of the vision encoder's frozen features (`toy.probes`): attentive-pooling
   classification of the world's attributes, per-patch glyph and word recognition and
   segmentation, at the toy VFMs' own 64 px and at a native budget, for the original toy VFM and
-  for this model's CoMP-trained one (the paper's Tab. 3, in miniature).
+  for this model's CoMP-trained one (the paper's Tab. 3, in miniature);
+- "llm_input": what the LLM is given to read: linear probes of a document's title from the
+  merged visual tokens that enter the LLM, their mean and the first few (the title's place),
+  to set beside what the model answers.
 It writes eval.json, eval.md and sweep.png to `out` (default: the path itself).
 """
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from .evaluate import compare, resolution_sweep, with_control
 from .model import CONFIG_FILE, CoMPModel
 
-PARTS = ("qa", "sweep", "probes")
+PARTS = ("qa", "sweep", "probes", "llm_input")
 
 
 def resolve_model(path: str | Path) -> Path:
@@ -98,6 +101,13 @@ def assess(path: str | Path, only: tuple[str, ...] = PARTS, n: int = 150, max_to
     if "probes" in only:
         result["probes"] = vfm_probes(model, probe_images, probe_steps)
         md += ["## Probes of the vision encoder (frozen features)", "", probe_table(result["probes"]), ""]
+    if "llm_input" in only:
+        r = result["llm_input"] = llm_input_probe(model, probe_images, max_tokens)
+        md += [f"## What the LLM is given: a document's title from the merged tokens (native ≤{max_tokens} tokens)", "",
+               "| features | test accuracy | chance |", "|---|---|---|",
+               f"| mean of the merged tokens | {r['mean']:.2f} | {r['chance']:.2f} |",
+               f"| the first {r['first_tokens']} merged tokens (the title's place) | {r['first']:.2f} | {r['chance']:.2f} |",
+               "", f"({r['n_train']} training and {r['n_test']} test documents; logistic regression.)", ""]
     for v in _results(result):  # per-question lists make eval.json long; keep the summaries
         for k in ("hits", "kinds", "answers"):
             v.pop(k, None)
@@ -134,6 +144,38 @@ def vfm_probes(model: CoMPModel, sizes: tuple[int, int] = (600, 300), steps: int
         out[name] = {res: measure_probes(enc, train, test, size=size, attentive=True, attentive_steps=steps)
                      for res, size in (("fixed 64px", 64), (f"native <={NATIVE_PATCHES} patches", None))}
     return out
+
+
+def llm_input_probe(model: CoMPModel, sizes: tuple[int, int] = (600, 300), max_tokens: int = 64,
+                    first: int = 4, seed: int = 11) -> dict:
+    """Can the title be read off the LLM's input? Logistic-regression probes of a document's
+    title (16 words) on the merged visual tokens at native ≤`max_tokens`: their mean, and the
+    first `first` tokens in raster order, where the top-left title lies. If these read the title
+    and the model's answers do not, the bottleneck is the LLM's reading of its input, not the
+    VFM's legibility. -> {"mean", "first": test accuracy, "chance", "first_tokens", "n_train", "n_test"}."""
+    import torch
+
+    from .data.resize import resize_to_budget, to_tensor
+    from .data.synthetic import WORDS, make_sample
+    from .toy.probes import fit_probe
+
+    cfg, patch, merge = model.vision.pretrained_cfg, model.vision.patch_size, model.config.merge
+    data = []
+    for split, n in (("train", sizes[0]), ("test", sizes[1])):
+        pooled, head, y = [], [], []
+        with torch.no_grad():
+            for i in range(n):
+                s = make_sample(seed, split, i, family="document")
+                img = resize_to_budget(s.image, patch, merge, first, max_tokens)  # at least `first` tokens
+                t = model.encode_images([to_tensor(img, cfg["mean"], cfg["std"])]).split()[0]  # (N, D)
+                pooled.append(t.mean(0))
+                head.append(t[:first].flatten())  # (first * D,)
+                y.append(WORDS.index(s.meta["lines"][0]))
+        data.append((torch.stack(pooled), torch.stack(head), torch.tensor(y)))
+    (p_tr, h_tr, y_tr), (p_te, h_te, y_te) = data
+    acc = lambda tr, te: float((fit_probe(tr, y_tr)(te).argmax(1) == y_te).float().mean())
+    return {"mean": acc(p_tr, p_te), "first": acc(h_tr, h_te), "chance": 1 / len(WORDS), "first_tokens": first,
+            "n_train": sizes[0], "n_test": sizes[1]}
 
 
 def probe_table(probes: dict) -> str:

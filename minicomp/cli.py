@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     prior.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     ev = sub.add_parser("eval", help="evaluate a trained model: exact match with controls, resolution sweep, VFM probes")
     ev.add_argument("path", help="a run directory (minicomp train --out) or a saved CoMPModel folder")
-    ev.add_argument("--only", nargs="+", choices=("qa", "sweep", "probes"), default=None, help="run only these parts")
+    ev.add_argument("--only", nargs="+", choices=("qa", "sweep", "probes", "llm_input"), default=None,
+                    help="run only these parts")
     ev.add_argument("--samples", type=int, default=150, help="test samples (two questions each)")
     ev.add_argument("--max-tokens", type=int, default=64, help="the model's own native budget (merged tokens)")
     ev.add_argument("--budgets", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="native budgets of the sweep")

@@ -123,3 +123,14 @@ def test_build_toy_vfm_smoke(tmp_path):
         build_toy_vfm("siglip", tmp_path / "x", tokenizer=None, steps=1, n_train=8)
     with pytest.raises(ValueError, match="kind"):
         create_toy_vit("dino")
+
+
+def test_the_title_can_be_read_off_the_llms_input():
+    """`minicomp eval --only llm_input`: the shipped VFM, through an untrained merger, already hands
+    the LLM a readable title in the first merged tokens (the title is set large, top left), and
+    less of it in their mean: reading is the LLM's job, the information is there."""
+    from minicomp.assess import llm_input_probe
+    import minicomp as mc
+
+    r = llm_input_probe(mc.CoMPModel.from_preset("tiny").eval(), (200, 100))
+    assert r["first"] > 0.6 > r["chance"] and r["first"] > r["mean"] + 0.2 and r["n_test"] == 100
