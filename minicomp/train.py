@@ -242,6 +242,9 @@ def _check_resume_config(out: Path, cfg: TrainConfig, force: bool) -> None:
         if force:
             return
         raise ValueError(f"--resume: cannot read the saved config {path} ({e}); --force resumes without the check") from None
+    from dataclasses import MISSING, fields
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    saved = {**defaults, **saved} if isinstance(saved, dict) else saved  # fields added since: their defaults
     diffs = config_differences(saved, cfg.to_dict())
     unsafe = [d for d in diffs if d.split(".")[0] not in RESUME_SAFE]
     if unsafe or (diffs and not force):

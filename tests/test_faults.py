@@ -179,6 +179,11 @@ def test_resume_refuses_a_different_config_and_keeps_the_saved_one(stopped_run, 
     with pytest.raises(ValueError, match=r"in save_every.*--force accepts these"):
         mtrain.train(logging_only, out, resume=True, progress=False)
     assert (out / "config.json").read_text() == saved  # a refused resume wrote nothing
+    older = json.loads(saved)
+    del older["strict_data"], older["word_prior_rule"]  # a run saved before these fields existed
+    (out / "config.json").write_text(json.dumps(older))
+    with pytest.raises(ValueError, match=r"in save_every\. Resume"):  # their defaults count as saved
+        mtrain.train(logging_only, out, resume=True, progress=False)
     meta = mtrain.train(logging_only, out, resume=True, force=True, stop_after=1, progress=False)
     assert meta["global_step"] == 6
 
