@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     world = toy_sub.add_parser("world", help="the toy world in numbers: chance levels, glyph sizes at each resolution")
     world.add_argument("--samples", type=int, default=300, help="documents and charts measured (each)")
-    build = toy_sub.add_parser("build", help="rebuild the toy LLM and both toy VFMs from scratch (~25 min on 2 cores)")
+    build = toy_sub.add_parser("build", help="rebuild the toy LLM and both toy VFMs from scratch (~17 min on 2 cores)")
     build.add_argument("--out", default=None, help="output folder (default: the shipped checkpoints folder)")
     build.add_argument("--only", choices=("llm", "vision", "siglip"), nargs="+", default=None,
                        help="rebuild only these (siglip needs the LLM's tokenizer in --out or the shipped one)")
