@@ -26,12 +26,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .config import PRESETS, RESUME_SAFE, TrainConfig, config_differences, load_config
+from .config import PRESETS, RESUME_SAFE, TrainConfig, load_config
 from .evaluate import resolution_sweep, with_control
 from .model import CoMPModel
-from .checkpoint import checkpoints, load_checkpoint, nonfinite_state, save_checkpoint, set_aside
+from .checkpoint import checkpoints, load_checkpoint, nonfinite_state, save_checkpoint
 from .report import stage_mode, write_report
 from .launch import cpu_processes, die_with_launcher, launch
+from .resume import check_resume_config, poisoned_note, read_metrics
 from .runlock import lock_run_dir, unlock_run_dir
 from .stage_data import StepBatches, build_dataset, check_data, resolve_data, sample_order, word_prior_counts
 from .stages import Stage, apply_stage
@@ -78,7 +79,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
     if not resume and found:
         raise FileExistsError(f"{out} already has checkpoints: pass --resume to continue, or choose another --out")
     if resume and found:
-        _check_resume_config(out, cfg, force)  # before anything in `out` is overwritten
+        check_resume_config(out, cfg, force)  # before anything in `out` is overwritten
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -100,7 +101,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
     if resume and found:
         ckpt, meta = load_checkpoint(model, found, say)  # the newest that loads; torn ones are named
         if main and (out / "metrics.jsonl").is_file():  # drop records of steps after the checkpoint (they are
-            keep = [rec for rec in _read_metrics(out / "metrics.jsonl")  # redone) and a torn last line
+            keep = [rec for rec in read_metrics(out / "metrics.jsonl")  # redone) and a torn last line
                     if rec["global_step"] <= meta["global_step"]]
             (out / "metrics.jsonl").write_text("".join(json.dumps(rec) + "\n" for rec in keep))
         say(f"resuming from {ckpt}: stage {cfg.stages[meta['stage_index']].name if meta['stage_index'] < len(cfg.stages) else 'done'}, step {meta['step']}")
@@ -157,7 +158,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                 skips[stage.name] = skips.get(stage.name, 0) + int(totals[3])
             if not all(map(math.isfinite, (loss, loss_dec, loss_align))):
                 raise FloatingPointError(f"stage {stage.name} step {step}: loss {loss}, loss_dec {loss_dec}, loss_align "
-                                         f"{loss_align}; stopped before the update. " + _poisoned(accelerator, out, meta))
+                                         f"{loss_align}; stopped before the update. " + poisoned_note(accelerator, out, meta))
             accelerator.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
@@ -194,7 +195,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                 if accelerator.reduce(torch.tensor([float(len(bad))], device=accelerator.device), "sum").item():
                     raise FloatingPointError(f"stage {stage.name} step {step + 1}: not finite after the update: "
                                              f"{', '.join(bad[:4])}{' …' if len(bad) > 4 else ''}; not saved. "
-                                             + _poisoned(accelerator, out, meta))
+                                             + poisoned_note(accelerator, out, meta))
                 save_checkpoint(accelerator, wrapped, out, meta, cfg.keep_checkpoints)
                 if end and main:
                     model.save_pretrained(out / "stages" / stage.name)
@@ -218,54 +219,6 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
     accelerator.end_training()
     unlock_run_dir(out)
     return meta
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    """The records of metrics.jsonl; a line torn by a kill mid-write is dropped."""
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("global_step"), int):
-            out.append(rec)
-    return out
-
-
-def _check_resume_config(out: Path, cfg: TrainConfig, force: bool) -> None:
-    """A resume continues the saved run: its resolved config must be the one in config.json."""
-    path = out / "config.json"
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        if force:
-            return
-        raise ValueError(f"--resume: cannot read the saved config {path} ({e}); --force resumes without the check") from None
-    from dataclasses import MISSING, fields
-    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    saved = {**defaults, **saved} if isinstance(saved, dict) else saved  # fields added since: their defaults
-    diffs = config_differences(saved, cfg.to_dict())
-    unsafe = [d for d in diffs if d.split(".")[0] not in RESUME_SAFE]
-    if unsafe or (diffs and not force):
-        raise ValueError(f"--resume: the config differs from the run's saved {path} in {', '.join(diffs)}. Resume "
-                         f"with the same preset and overrides" + (f"; --force allows only {', '.join(RESUME_SAFE)} to differ"
-                                                                   if unsafe else "; --force accepts these"))
-
-
-def _poisoned(accelerator, out: Path, meta: dict) -> str:
-    """The weights after global step meta["global_step"] gave a non-finite result. A checkpoint
-    of exactly those weights would give it again on resume (the data order is fixed), so it is
-    set aside; the last good checkpoint is the newest before it."""
-    found, note = checkpoints(out), ""
-    if found and found[-1].name == f"step-{meta['global_step']:07d}":
-        if accelerator.is_main_process:
-            note = f" The checkpoint of these weights was set aside as {set_aside(found[-1]).name}."
-        found = found[:-1]
-    accelerator.wait_for_everyone()
-    last = found[-1] if found else None
-    return (f"Last good checkpoint: {last} (--resume continues from it; lower the learning rate in a new run "
-            f"if it diverges again).{note}" if last else f"No good checkpoint to resume from.{note}")
 
 
 @contextlib.contextmanager
