@@ -10,6 +10,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 import minicomp as mc
 from minicomp import data
 from minicomp.toy import TOY_LLM_PATH
+from minicomp.xent import CHUNK_BYTES
 
 IGNORE = data.IGNORE
 
@@ -81,9 +82,12 @@ def test_image_tokens_are_spliced_in_order(tiny):
     assert k == merged.tokens.shape[0] and not is_img[1].any()  # sample 1 is text-only
 
 
-def test_loss_dec_equals_masked_cross_entropy_over_full_logits(tiny):
+@pytest.mark.parametrize("chunk_bytes", [None, 4 * 502 * 5])  # the default (one chunk here), and 5-row chunks
+def test_loss_dec_equals_masked_cross_entropy_over_full_logits(tiny, chunk_bytes, monkeypatch):
+    monkeypatch.setattr("minicomp.xent.CHUNK_BYTES", chunk_bytes or CHUNK_BYTES)
     b = _batch(tiny)
     out = tiny(b)
+    assert out.n_supervised > (5 if chunk_bytes else 0)
     embeds, _ = tiny.embed(b.input_ids, b.images, b.image_index, b.ids)
     logits = tiny.llm(inputs_embeds=embeds, attention_mask=b.attention_mask).logits  # (B, L, V), all positions
     target = b.labels[:, 1:]
