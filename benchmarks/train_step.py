@@ -186,7 +186,7 @@ def split(args) -> None:
                 f_t = timed("caption pass (F_t)", lambda: model.text_features(b.align_ids[idx], b.align_mask[idx]))
                 f_v = pool_packed(merged).detach().requires_grad_(True)
                 c = model.config
-                protos = model.llm.get_input_embeddings().weight
+                protos = model.word_embeddings()
                 timed("alignment loss", lambda: alignment_loss(f_v, f_t, protos, model.word_prior, c.eps, c.temp,
                                                                c.n_iters, c.sinkhorn_mode, c.variant).backward())
         model.zero_grad(set_to_none=True)
@@ -274,10 +274,46 @@ def paper(args) -> None:
     if device == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
         print(f"MFU {model_flops(model, b) / med / (args.peak_tflops * 1e12):.1%} of {args.peak_tflops:g} TFLOPs")
+        for name, t in _alignment_parts(model, b, device).items():
+            print(f"{name} {t * 1000:.1f} ms, {t / med:.1%} of the step")
     else:
         print(f"peak process memory {max(rss0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024:.0f} MB "
               f"(max RSS, whole process)")
         print(f"model FLOPs per step {model_flops(model, b) / 1e9:.1f} GFLOP -> {model_flops(model, b) / med / 1e9:.1f} GFLOP/s")
+
+
+def _alignment_parts(model, b, device, reps: int = 5) -> dict[str, float]:
+    """Median times of the alignment's two extra parts on batch b, each alone: the caption pass
+    for F_t (no grad) and the loss itself (Eq. 8-10, forward + backward, at the LLM's vocabulary)."""
+    from minicomp.align import alignment_loss
+    c, idx = model.config, b.image_index
+    D = model.llm.config.hidden_size
+    f_v = torch.randn(len(b.images), D, device=device, requires_grad=True)
+
+    def caption():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            return model.text_features(b.align_ids[idx], b.align_mask[idx])
+
+    def loss():
+        f_t = caption_out
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            alignment_loss(f_v, f_t, model.word_embeddings(), model.word_prior, c.eps, c.temp, c.n_iters,
+                           c.sinkhorn_mode, c.variant).backward()
+
+    caption_out = caption()
+    out = {}
+    for name, fn in (("caption pass (F_t)", caption), ("alignment loss", loss)):
+        times = []
+        for _ in range(reps):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        out[name] = statistics.median(times)
+    return out
 
 
 def _random_text_batch(model, samples, max_tokens):

@@ -55,3 +55,16 @@ def test_chunk_size_and_bad_shapes():
         chunked_cross_entropy(h[None], W, t)
     with pytest.raises(ValueError, match="target"):
         chunked_cross_entropy(h, W, t[:-1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_chunked_equals_dense():
+    h, W, b, t = (x.cuda() if x is not None else None for x in _inputs(n=300, D=64, V=1000))
+    h, W = h.detach().requires_grad_(True), W.detach().requires_grad_(True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        dense = F.cross_entropy(logits_of(h, W), t)
+        ours = chunked_cross_entropy(h, W, t, chunk=64)
+    g_dense, g_ours = torch.autograd.grad(dense, (h, W)), torch.autograd.grad(ours, (h, W))
+    torch.testing.assert_close(ours, dense, rtol=1e-5, atol=1e-5)
+    for a, e in zip(g_ours, g_dense):
+        torch.testing.assert_close(a, e, rtol=2e-2, atol=2e-3)
