@@ -150,6 +150,7 @@ def main():
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--load", type=int, default=0, help="CPU-heavy processes to run beside the benchmark")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of minicomp's step")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -191,6 +192,15 @@ def main():
         stop.set()
         for b in burners:
             b.join()
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            step(*systems["minicomp CRoPEViT (packed)"])
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+        if device.type == "cuda":
+            print(prof.key_averages().table(sort_by=key, row_limit=15))
     threads = torch.get_num_threads()
     print(f"{device.type}{' fp32' if device.type == 'cpu' else ' bf16 autocast'}, {threads} threads"
           f"{f', {args.load} CPU-heavy processes beside it' if args.load else ''}; width {WIDTH}, {HEADS} heads, "

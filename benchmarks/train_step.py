@@ -231,7 +231,7 @@ def paper(args) -> None:
     device = "cuda"
     cfg = load_config("paper-1b-siglip")
     model = mc.CoMPModel.from_pretrained(pretrained=False, **cfg.model).to(device)
-    stage, batch_size = cfg.stage("II-native"), args.batch or 4  # no tokenizer offline: synthetic ids below
+    stage, batch_size = cfg.stage("II-native"), args.batch or cfg.micro_batch  # no tokenizer offline: random ids below
     groups = apply_stage(model, stage, log_fn=lambda *_: None)
     opt = torch.optim.AdamW(groups)
     ds = d.SyntheticDataset("train", batch_size * (args.steps + 2), seed=1, task="caption")
@@ -322,7 +322,7 @@ def _random_text_batch(model, samples, max_tokens):
     f = p * model.config.merge
     images, ids, labels = [], [], []
     for s in samples:
-        img = resize_to_budget(s.image, p, model.config.merge, 4, max_tokens)
+        img = resize_to_budget(s.image, p, model.config.merge, max_tokens // 2, max_tokens)  # as the mid-stage's large images
         images.append(to_tensor(img, cfg["mean"], cfg["std"]))
         n = (img.height // f) * (img.width // f)
         text = torch.randint(0, 150_000, (64,)).tolist()
@@ -345,7 +345,7 @@ def main():
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, as minicomp train (with --against: this tree only)")
     ap.add_argument("--against", metavar="REV", help="also run this git revision, taking turns with this tree")
     ap.add_argument("--paper", action="store_true", help="paper-1b-siglip's architecture on CUDA")
-    ap.add_argument("--batch", type=int, default=None, help="--paper: images per step")
+    ap.add_argument("--batch", type=int, default=None, help="--paper: images per step (default: the preset's micro-batch)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="--paper: dense bf16 peak of the GPU")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # Rows per chunk are chosen so that one chunk's float32 logits take about this many bytes.
-CHUNK_BYTES = 256 * 2**20
+CHUNK_BYTES = 128 * 2**20
 
 
 def logits_of(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

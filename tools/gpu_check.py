@@ -223,7 +223,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--small", action="store_true", help="toy sizes (a CPU smoke run of every check)")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=16, help="images per paper-1b step")
+    ap.add_argument("--batch", type=int, default=4, help="images per paper-1b step (its micro-batch: 4)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
     ap.add_argument("--only", nargs="+", help="run only these checks")
     args = ap.parse_args()
