@@ -59,6 +59,8 @@ def guarded(fn):
         except Exception as e:  # one broken check must not hide the others
             traceback.print_exc()
             row(fn.__name__, f"raised {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}", ok=False)
+        if torch.cuda.is_available():  # hand the cached blocks back: the benchmarks below run in their own processes
+            torch.cuda.empty_cache()
         print(f"  ({fn.__name__}: {time.perf_counter() - t:.0f} s)", flush=True)
     return run
 
