@@ -1,7 +1,10 @@
 """Learned absolute position embedding (APE) resampled to any patch grid (paper Eq. 1).
 
 The paper writes bilinear interpolation; the authors' code uses bicubic without antialias.
-Both are available; the resampling itself is timm's `resample_abs_pos_embed`.
+Both are available; the resampling itself is timm's `resample_abs_pos_embed`. `resample_ape_matmul`
+is the same linear map as two small matrix products, for CUDA, where PyTorch's bicubic kernel was
+88% of a small encoder's step on an H200 (tools/gpu_check.sh; one thread per output pixel loops over
+all channels); it equals timm's result to float32 rounding, not bit for bit.
 
 Antialias is off by default, as in the authors' code. Note that timm's own default (and its
 `dynamic_img_size` ViTs) use ``antialias=True``, which for bicubic changes the result even when
@@ -11,8 +14,10 @@ dynamic-size ViT and ``CRoPEViT(rope=False)`` differ slightly away from the pret
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
 APE_MODES = ("bilinear", "bicubic")
@@ -47,6 +52,36 @@ def resample_ape(pos_embed: torch.Tensor, grid_hw: tuple[int, int], src_grid: tu
         raise ValueError(f"target grid must be positive, got {(h, w)}")
     return resample_abs_pos_embed(pos_embed, new_size=[h, w], old_size=list(src),
                                   num_prefix_tokens=num_prefix_tokens, interpolation=mode, antialias=antialias)
+
+
+@lru_cache(maxsize=1024)
+def axis_operator(n_src: int, n_dst: int, mode: str = "bicubic") -> torch.Tensor:
+    """(n_dst, n_src) float64: the weights with which `F.interpolate` (align_corners=False, no
+    antialias) makes each output row of one axis from the input rows. 2-D bilinear and bicubic
+    resampling are separable, so the 2-D map is this operator along the rows times the one along
+    the columns."""
+    basis = torch.eye(n_src, dtype=torch.float64).view(n_src, 1, n_src, 1)  # (n_src, C=1, H=n_src, W=1)
+    out = F.interpolate(basis, size=(n_dst, 1), mode=mode, align_corners=False)
+    return out.view(n_src, n_dst).T.contiguous()  # (n_dst, n_src)
+
+
+def resample_ape_matmul(pos_embed: torch.Tensor, grid_hw: tuple[int, int], src_grid: tuple[int, int] | None = None,
+                        num_prefix_tokens: int = 0, mode: str = "bicubic", antialias: bool = False) -> torch.Tensor:
+    """`resample_ape` as A_h · APE · A_wᵀ (float32, outside autocast, like timm's float32 resampling)."""
+    n_patch = pos_embed.shape[1] - num_prefix_tokens
+    (h0, w0), (h, w) = (tuple(src_grid) if src_grid is not None else infer_grid(n_patch)), grid_hw
+    if (h, w) == (h0, w0) or antialias or mode not in APE_MODES or h0 * w0 != n_patch:  # identity, antialias (not
+        # separable this way), or the checks of resample_ape: timm's path
+        return resample_ape(pos_embed, grid_hw, src_grid, num_prefix_tokens, mode, antialias)
+    dev = pos_embed.device
+    a_h = axis_operator(h0, h, mode).to(dev, torch.float32)  # (h, h0)
+    a_w = axis_operator(w0, w, mode).to(dev, torch.float32)  # (w, w0)
+    grid = pos_embed[0, num_prefix_tokens:].float().view(h0, w0, -1)  # (h0, w0, D)
+    with torch.autocast(dev.type, enabled=False):
+        out = (a_h @ grid.flatten(1)).view(h, w0, -1)  # (h, w0, D): rows resampled
+        out = (a_w @ out.transpose(0, 1).flatten(1)).view(w, h, -1).transpose(0, 1)  # (h, w, D): columns too
+    patch = out.reshape(1, h * w, -1).to(pos_embed.dtype)  # (1, h*w, D), row-major
+    return torch.cat([pos_embed[:, :num_prefix_tokens], patch], dim=1)
 
 
 def window_order(h: int, w: int, merge: int = 2) -> torch.Tensor:

@@ -56,3 +56,30 @@ def test_bad_inputs():
         pe.resample_ape(ape, (3, 3), src_grid=(3, 3))
     with pytest.raises(ValueError, match="not divisible"):
         pe.window_order(3, 4)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("src, target", [((7, 5), (17, 29)), ((16, 16), (38, 12)), ((16, 16), (4, 6)), ((6, 9), (6, 9))])
+def test_matmul_resampling_equals_timm_to_float_rounding(mode, src, target):
+    ape = torch.randn(1, 2 + src[0] * src[1], 24)
+    ref = resample_abs_pos_embed(ape, list(target), list(src), num_prefix_tokens=2, interpolation=mode, antialias=False)
+    ours = pe.resample_ape_matmul(ape, target, src, 2, mode)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours[:, :2], ape[:, :2], rtol=0, atol=0)
+    g = torch.randn_like(ref)  # the same linear map backwards: equal gradients
+    a, b = ape.clone().requires_grad_(True), ape.clone().requires_grad_(True)
+    (pe.resample_ape_matmul(a, target, src, 2, mode) * g).sum().backward()
+    (resample_abs_pos_embed(b, list(target), list(src), num_prefix_tokens=2, interpolation=mode, antialias=False) * g).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+    op = pe.axis_operator(src[0], target[0], mode)
+    torch.testing.assert_close(op.sum(1), torch.ones(target[0], dtype=torch.float64))  # rows of weights sum to 1
+
+
+def test_matmul_resampling_falls_back_to_timm_for_antialias_and_checks_the_same_inputs():
+    ape = torch.randn(1, 16, 8)
+    ref = pe.resample_ape(ape, (6, 3), antialias=True)
+    torch.testing.assert_close(pe.resample_ape_matmul(ape, (6, 3), antialias=True), ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not one of"):
+        pe.resample_ape_matmul(ape, (3, 3), mode="nearest")
+    with pytest.raises(ValueError, match="holds 16"):
+        pe.resample_ape_matmul(ape, (3, 3), src_grid=(3, 3))

@@ -171,3 +171,14 @@ def test_rejects_models_it_cannot_wrap(small_vit):
         mc.CRoPEViT.from_timm(torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match="no learned absolute position embedding"):
         mc.CRoPEViT.from_timm(small_vit(pos_embed="none"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_encoder_equals_cpu_encoder(small_vit, rand_images):
+    """On CUDA the APE is resampled by matmuls (pos_embed.resample_ape_matmul): same numbers in fp32."""
+    enc = mc.CRoPEViT.from_timm(small_vit(), rope=True, attn_backend="sdpa")
+    images = rand_images(SIZES)
+    with torch.no_grad():
+        cpu = enc(images).tokens
+        gpu = enc.cuda()([x.cuda() for x in images]).tokens.cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)

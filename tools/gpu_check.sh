@@ -9,7 +9,7 @@ if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
     echo "gpu_check: no CUDA device here; nothing to check"
     exit 0
 fi
-$PY -m pytest -q -p no:cacheprovider -o addopts="" -k cuda tests/test_attention.py tests/test_xent.py
+$PY -m pytest -q -p no:cacheprovider -o addopts="" -k cuda tests/test_attention.py tests/test_xent.py tests/test_vision.py
 tests=$?
 $PY tools/gpu_check.py "$@"
 table=$?
