@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("question")
     ask.add_argument("--max-tokens", type=int, default=64, help="native budget (merged visual tokens)")
     ask.add_argument("--fixed-size", type=int, default=None, help="squash to this square instead")
+    conv = sub.add_parser("convert", help="convert the authors' released CoMP-SigLIP / CoMP-DINOv2 into a CRoPEViT folder")
+    conv.add_argument("src", help="their checkpoint folder (config.json + *.safetensors or pytorch_model*.bin)")
+    conv.add_argument("out", help="output folder: timm config.json + model.safetensors, crope.json, merger.*")
+    conv.add_argument("--layout", choices=("comp-siglip", "comp-dinov2"), default=None,
+                      help="the key layout (default: detected from the keys)")
+    conv.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     toy = sub.add_parser("toy", help="the toy world's models")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     world = toy_sub.add_parser("world", help="the toy world in numbers: chance levels, glyph sizes at each resolution")
@@ -104,6 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as e:
             parser.exit(2, f"minicomp eval: error: {e}\n")
         print(Path(r["out"], "eval.md").read_text() + f"\nwrote eval.json, eval.md and figures to {r['out']}")
+    elif args.command == "convert":
+        from .convert import convert, read_checkpoint, save
+        if Path(args.out).exists() and not args.force:
+            parser.exit(2, f"minicomp convert: error: {args.out} exists; pass --force to overwrite it\n")
+        try:
+            enc, merger = convert(*read_checkpoint(args.src), layout=args.layout)
+        except (FileNotFoundError, ValueError) as e:
+            parser.exit(2, f"minicomp convert: error: {e}\n")
+        save(enc, merger, args.out)
+        n = sum(p.numel() for p in enc.parameters())
+        print(f"converted {args.src} -> {args.out}: CRoPEViT {n / 1e6:.1f}M parameters, {len(enc.blocks)} blocks, "
+              f"settings {enc.settings()}" + (f"; merger {merger.vision_dim}x{merger.merge}² -> {merger.llm_dim}"
+                                              if merger else "; no merger in the checkpoint"))
     elif args.command == "ask":
         from .assess import ask as ask_one
         try:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .align import MODES, VARIANTS, alignment_loss, masked_mean, pool_packed, word_prior
+from .convert import load_merger
 from .data.collate import Batch
 from .data.processor import ALIGN_TEXTS, Processor
 from .data.resize import resize_fixed, resize_to_budget, to_tensor
@@ -114,6 +115,13 @@ def _load_vision(spec: str, pretrained: bool, cfg: CoMPConfig) -> CRoPEViT:
     kw = dict(rope=cfg.rope, rope_theta=cfg.rope_theta, prefix_tokens=cfg.prefix_tokens, ape_mode=cfg.ape_mode,
               legacy_ape_order=cfg.legacy_ape_order, attn_backend=cfg.attn_backend)
     if Path(spec).is_dir():
+        saved = Path(spec) / "crope.json"
+        saved = json.loads(saved.read_text()) if saved.is_file() else {}
+        kw["final_norm"] = saved.get("final_norm", True)  # a property of the weights (minicomp convert)
+        if saved and saved.get("legacy_ape_order", False) != cfg.legacy_ape_order:
+            log.warning("vision folder %s was saved with legacy_ape_order=%s but model.legacy_ape_order=%s; set "
+                        "model.legacy_ape_order to match how its weights were trained", spec,
+                        saved.get("legacy_ape_order"), cfg.legacy_ape_order)
         spec = f"local-dir:{spec}"
         pretrained = True  # a folder is its weights
     vit = timm.create_model(spec, pretrained=pretrained, num_classes=0)
@@ -182,7 +190,12 @@ class CoMPModel(nn.Module):
         tok = AutoTokenizer.from_pretrained(cfg.llm) if has_tok else None
         if tok is None and cfg.image_token_id is None:
             cfg.image_token_id = IMAGE_TOKEN_IDS.get(cfg.llm)
-        return cls(enc, lm, tok, cfg)
+        merger = load_merger(cfg.vision) if Path(cfg.vision).is_dir() else None  # `minicomp convert` saves theirs
+        if merger is not None and (merger.llm_dim, merger.merge) != (lm.config.hidden_size, cfg.merge):
+            log.warning("the merger beside %s maps to width %d (merge %d), not this LLM's %d (merge %d): a new "
+                        "merger is used", cfg.vision, merger.llm_dim, merger.merge, lm.config.hidden_size, cfg.merge)
+            merger = None
+        return cls(enc, lm, tok, cfg, merger)
 
     @classmethod
     def from_preset(cls, name: str, **config) -> "CoMPModel":

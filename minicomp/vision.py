@@ -51,7 +51,7 @@ class CRoPEViT(nn.Module):
 
     def __init__(self, model: nn.Module, *, rope: bool = True, rope_theta: float = 10000.0,
                  prefix_tokens: str = "keep", ape_mode: str = "bicubic", legacy_ape_order: bool = False,
-                 max_tokens: int | None = None, attn_backend: str = "auto"):
+                 max_tokens: int | None = None, attn_backend: str = "auto", final_norm: bool = True):
         super().__init__()
         _check_timm_vit(model)
         if prefix_tokens not in PREFIX_MODES:
@@ -85,6 +85,7 @@ class CRoPEViT(nn.Module):
         self.prefix_tokens, self.ape_mode = prefix_tokens, ape_mode
         self.legacy_ape_order, self.max_tokens = legacy_ape_order, max_tokens
         self.attn_backend = attn_backend
+        self.final_norm = bool(final_norm)  # False: no norm after the last block (the authors' CoMP-SigLIP)
         self.grad_checkpointing = False
         object.__setattr__(self, "timm_model", model)  # the whole timm ViT (head too), unregistered: for saving
         if prefix_tokens == "drop":
@@ -99,7 +100,8 @@ class CRoPEViT(nn.Module):
         """Wrap a timm VisionTransformer, sharing (not copying) every weight on the token path.
 
         kwargs: prefix_tokens ("keep" | "drop"), ape_mode ("bicubic" | "bilinear"),
-        legacy_ape_order, max_tokens (patches per image), attn_backend (see `minicomp.attention`).
+        legacy_ape_order, max_tokens (patches per image), attn_backend (see `minicomp.attention`),
+        final_norm (False: skip the norm after the last block, as the authors' CoMP-SigLIP does).
         """
         return cls(model, rope=rope, rope_theta=rope_theta, **kwargs)
 
@@ -120,7 +122,7 @@ class CRoPEViT(nn.Module):
     def settings(self) -> dict:
         """The C-RoPE settings that define the model's function (saved beside the weights)."""
         return {"rope": self.rope, "rope_theta": self.rope_theta, "prefix_tokens": self.prefix_tokens,
-                "ape_mode": self.ape_mode, "legacy_ape_order": self.legacy_ape_order}
+                "ape_mode": self.ape_mode, "legacy_ape_order": self.legacy_ape_order, "final_norm": self.final_norm}
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the whole timm ViT in timm's format (config.json + model.safetensors, loadable by
@@ -255,7 +257,7 @@ class CRoPEViT(nn.Module):
                 x = checkpoint(self._block, blk, x, cos, sin, attend, seq_lens, use_reentrant=False)
             else:
                 x = self._block(blk, x, cos, sin, attend, seq_lens)
-        x = self.norm(x)
+        x = self.norm(x) if self.final_norm else x
         parts = x.split(seq_lens)  # each (n_prefix + N_i, D)
         out = Packed.from_list([t[n_prefix:] for t in parts], grids)
         out.prefix = torch.stack([t[:n_prefix] for t in parts]) if n_prefix else None  # (B, n_prefix, D)
