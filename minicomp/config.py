@@ -254,11 +254,11 @@ def _tiny() -> TrainConfig:
 
 
 def _tiny_long() -> TrainConfig:
-    """The tiny recipe with a 1,500-step Stage III (about 15 minutes on 2 cores): the longest run
-    measured this round, where the model begins to read a document's title (README)."""
+    """The tiny recipe with a 3,500-step Stage III (about 35 minutes on 2 cores): where the model
+    reads a document's title (0.76 against 0.10 blank at 3,500 steps, 0.13 at 1,500; README)."""
     cfg = _tiny()
     cfg.name = "tiny-long"
-    cfg.stage("III").steps = 1500
+    cfg.stage("III").steps = 3500
     return cfg
 
 
