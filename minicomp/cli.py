@@ -68,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("question")
     ask.add_argument("--max-tokens", type=int, default=64, help="native budget (merged visual tokens)")
     ask.add_argument("--fixed-size", type=int, default=None, help="squash to this square instead")
+    data = sub.add_parser("data", help="paper-scale data: index a LLaVA file once, then open it in constant time")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    idx = data_sub.add_parser("index", help="validate every record once (in parallel) and write a memory-mapped index")
+    idx.add_argument("file", help="a LLaVA .json or .jsonl file")
+    idx.add_argument("--image-root", default=None, help="the folder its image paths are relative to")
+    idx.add_argument("--out", required=True, help="the index folder; use it as a data `path` (image_root not needed)")
+    idx.add_argument("--workers", type=int, default=None, help="validating processes (default: the cores, at most 8)")
+    idx.add_argument("--strict", action="store_true", help="stop at the first bad record, naming it")
+    idx.add_argument("--force", action="store_true", help="overwrite an existing index folder")
     conv = sub.add_parser("convert", help="convert the authors' released CoMP-SigLIP / CoMP-DINOv2 into a CRoPEViT folder")
     conv.add_argument("src", help="their checkpoint folder (config.json + *.safetensors or pytorch_model*.bin)")
     conv.add_argument("out", help="output folder: timm config.json + model.safetensors, crope.json, merger.*")
@@ -110,6 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as e:
             parser.exit(2, f"minicomp eval: error: {e}\n")
         print(Path(r["out"], "eval.md").read_text() + f"\nwrote eval.json, eval.md and figures to {r['out']}")
+    elif args.command == "data":
+        from .data.index import META, build_index
+        if (Path(args.out) / META).exists() and not args.force:
+            parser.exit(2, f"minicomp data index: error: {args.out} holds an index; pass --force to overwrite it\n")
+        try:
+            meta = build_index(args.file, args.out, args.image_root, args.workers, args.strict)
+        except (FileNotFoundError, ValueError) as e:
+            parser.exit(2, f"minicomp data index: error: {e}\n")
+        print(f"indexed {meta['read']:,} records of {args.file}: kept {meta['kept']:,}, skipped "
+              f"{sum(meta['skipped'].values()):,} {meta['skipped'] or ''} -> {args.out} (use it as the data path)")
     elif args.command == "convert":
         from .convert import convert, read_checkpoint, save
         if Path(args.out).exists() and not args.force:

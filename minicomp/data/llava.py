@@ -1,6 +1,7 @@
 """LLaVA-format data: LLaVA-Pretrain captions and LLaVA-NeXT / OneVision conversation files
 (JSON list or JSONL) with an image root, and Hugging Face `datasets` files with embedded images
-(.parquet, or a `save_to_disk` folder), as LLaVA-OneVision is distributed. Text-only records
+(.parquet, or a `save_to_disk` folder), as LLaVA-OneVision is distributed, and the folders of
+`minicomp data index` (`minicomp.data.index`: validated once, memory-mapped). Text-only records
 are kept.
 
 Bad records are skipped and counted by reason in `.skipped` (a log line reports them), so that
@@ -136,6 +137,12 @@ class LlavaDataset:
         self.path, self.image_root = Path(path), Path(image_root) if image_root is not None else None
         self.skipped: Counter = Counter()
         self.items: list[tuple[str | None, list[dict], dict]] = []
+        self._rows = None
+        from .index import IndexedRecords, is_index
+        if is_index(self.path):  # `minicomp data index`: validated once, memory-mapped, opened in O(1)
+            self.items = IndexedRecords(self.path)
+            self.skipped.update(self.items.meta["skipped"])
+            return
         records = read_records(self.path)
         self._rows = None if isinstance(records, list) else records  # a datasets.Dataset: images read on access
         for i, rec in enumerate(records):
@@ -158,7 +165,7 @@ class LlavaDataset:
     def where(self, i: int) -> str:
         """Item i's record, named as errors name it: "<file> record 3 (id 'x')"."""
         meta = self.items[i][2]
-        return f"{self.path} record {meta['index']} (id {meta['id']!r})"
+        return f"{meta['source']} record {meta['index']} (id {meta['id']!r})"  # the file, also for an index
 
     def conversations(self, i: int) -> list[dict]:
         """Item i's turns, without decoding its image (for counting text, e.g. the word prior)."""
