@@ -62,9 +62,13 @@ def data(tmp_path):
     return f, root
 
 
-def test_records_that_fail_when_read_are_named_counted_and_replaced(data, tiny):
+@pytest.mark.parametrize("source", ["file", "index"])  # the index (minicomp data index) behaves as the file
+def test_records_that_fail_when_read_are_named_counted_and_replaced(data, tiny, source, tmp_path):
     f, root = data
-    ds = LlavaDataset(f, image_root=root)
+    if source == "index":
+        from minicomp.data.index import build_index
+        build_index(f, tmp_path / "index", image_root=root, workers=1, progress=False)
+    ds = LlavaDataset(f, image_root=root) if source == "file" else LlavaDataset(tmp_path / "index")
     assert len(ds) == 8 and not ds.skipped  # both pass construction
     proc = tiny.processor(max_tokens=16, max_length=32)
     order = list(range(8))
