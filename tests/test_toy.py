@@ -29,6 +29,9 @@ def test_shipped_toy_llm_loads_like_a_hub_model_and_is_trained():
 
 def test_toy_build_from_scratch_smoke(tmp_path):
     assert main(["toy", "build", "--out", str(tmp_path), "--only", "llm", "--steps", "3"]) == 0
+    assert main(["toy", "build", "--out", str(tmp_path / "again"), "--only", "llm", "--steps", "3"]) == 0
+    for f in ("model.safetensors", "tokenizer.json"):  # bit-reproducible
+        assert (tmp_path / "llm" / f).read_bytes() == (tmp_path / "again" / "llm" / f).read_bytes(), f
     log = json.loads((tmp_path / "llm" / "build_log.json").read_text())
     assert log["steps"] == 3 and log["val_loss"] < log["val_loss_before"]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "llm")
@@ -119,6 +122,10 @@ def test_build_toy_vfm_smoke(tmp_path):
         img = to_tensor(resize_fixed(make_sample(0, "test", 0).image, 64), vit.pretrained_cfg["mean"],
                         vit.pretrained_cfg["std"])
         assert torch.isfinite(vit(img[None])).all()
+        build_toy_vfm(kind, tmp_path / f"{kind}-again", tokenizer=TOY_LLM_PATH, steps=2, batch=8, n_train=24,
+                      n_probe=30, n_test=30)  # bit-reproducible
+        assert (tmp_path / kind / "model.safetensors").read_bytes() == \
+            (tmp_path / f"{kind}-again" / "model.safetensors").read_bytes()
     with pytest.raises(ValueError, match="tokenizer"):
         build_toy_vfm("siglip", tmp_path / "x", tokenizer=None, steps=1, n_train=8)
     with pytest.raises(ValueError, match="kind"):
