@@ -22,6 +22,7 @@ builds the matching timm ViT and wraps it, and `save` writes minicomp's VFM fold
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import timm
@@ -197,11 +198,23 @@ def convert(state: dict[str, torch.Tensor], config: dict, layout: str | None = N
     if layout is not None and layout != found:
         raise ValueError(f"asked for layout {layout!r} but the keys are {found!r}")
     vc = _vision_config(config)
+    ape = state.get(prefix + ("vision_model.embeddings.position_embedding.weight" if found == "comp-siglip"
+                              else "embeddings.position_embeddings"))
+    if ape is not None:  # the APE's grid decides the image size timm is built at, whatever config.json says
+        rows = ape.shape[-2] - (found == "comp-dinov2")
+        g = math.isqrt(rows)
+        if g * g != rows:
+            raise ValueError(f"{found}: the position embedding has {rows} patch rows, not a square grid")
+        vc["image_size"] = g * int(vc["patch_size"])
     vit = build_timm_vit(found, vc)
     vit_state, merger_state = map_state_dict(found, state, prefix, len(vit.blocks))
     if found == "comp-siglip":  # no post-layernorm in their tower: keep timm's norm at identity, and skip it
         vit_state["norm.weight"], vit_state["norm.bias"] = torch.ones(vit.embed_dim), torch.zeros(vit.embed_dim)
-    result = vit.load_state_dict(vit_state, strict=False)
+    try:
+        result = vit.load_state_dict(vit_state, strict=False)
+    except RuntimeError as e:  # a shape that config.json does not describe
+        raise ValueError(f"{found}: the checkpoint's tensors do not fit the architecture its config.json "
+                         f"describes: {str(e).splitlines()[-1].strip()}") from None
     left = [k for k in result.missing_keys if k not in ("cls_token",)]
     if left or result.unexpected_keys:
         raise ValueError(f"{found}: the mapped weights do not fill the timm ViT: missing {left}, "

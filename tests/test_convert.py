@@ -202,6 +202,14 @@ def test_comp_model_loads_the_merger_beside_a_converted_vfm(tmp_path):
     torch.testing.assert_close(model.merger.state_dict()["mlp.2.weight"], state["merger.mlp.2.weight"])
 
 
+def test_the_ape_decides_the_grid_and_a_config_that_does_not_fit_is_named():
+    state, config = their_checkpoint("comp-dinov2")
+    enc, _ = convert(state, dict(config, image_size=224))  # their config.json may name another size
+    assert enc.ape_grid == (IMG // P, IMG // P)
+    with pytest.raises(ValueError, match="do not fit the architecture"):
+        convert(state, dict(config, hidden_size=2 * D, num_attention_heads=HEADS))
+
+
 def test_keys_that_fit_neither_layout_or_only_partly_are_named():
     with pytest.raises(ValueError, match="fit neither layout"):
         convert({"encoder.blocks.0.weight": torch.zeros(1)}, {})
