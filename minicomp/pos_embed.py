@@ -3,8 +3,8 @@
 The paper writes bilinear interpolation; the authors' code uses bicubic without antialias.
 Both are available; the resampling itself is timm's `resample_abs_pos_embed`. `resample_ape_matmul`
 is the same linear map as two small matrix products, for CUDA, where PyTorch's bicubic kernel was
-88% of a small encoder's step on an H200 (tools/gpu_check.sh; one thread per output pixel loops over
-all channels); it equals timm's result to float32 rounding, not bit for bit.
+88% of the GPU time of a small encoder's step on an H200 (`benchmarks/peers.py --device cuda
+--profile`); it equals timm's result to float32 rounding, not bit for bit.
 
 Antialias is off by default, as in the authors' code. Note that timm's own default (and its
 `dynamic_img_size` ViTs) use ``antialias=True``, which for bicubic changes the result even when
