@@ -64,7 +64,7 @@ def test_cli_index_and_errors(tmp_path, root, capsys):  # noqa: F811
 def test_benchmark_runs_small(tmp_path):
     import subprocess
     import sys
-    p = subprocess.run([sys.executable, "benchmarks/llava_index.py", "--records", "2000", "--workers", "1",
+    p = subprocess.run([sys.executable, "benchmarks/llava_index.py", "--records", "2000", "--images", "20", "--workers", "1",
                         "--dir", str(tmp_path)], capture_output=True, text=True, timeout=300,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert p.returncode == 0, p.stderr
