@@ -40,15 +40,18 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: to
                           bias: torch.Tensor | None = None, softcap: float | None = None,
                           chunk: int | None = None) -> torch.Tensor:
     """Mean cross-entropy of `target` (n,) under the logits hidden (n, D) @ weight (V, D)ᵀ (+ bias),
-    computed `chunk` rows at a time (default: `chunk_rows(V)`). One chunk, or no grad needed:
-    the dense computation itself."""
+    computed `chunk` rows at a time (default: `chunk_rows(V)`). One chunk: the dense computation
+    itself. Without grad (evaluation) the chunks are summed directly, with nothing to recompute."""
     n = hidden.shape[0]
     if hidden.dim() != 2 or target.shape != (n,):
         raise ValueError(f"chunked_cross_entropy: hidden must be (n, D) and target (n,), got "
                          f"{tuple(hidden.shape)} and {tuple(target.shape)}")
     chunk = chunk or chunk_rows(weight.shape[0])
-    if n <= chunk or not torch.is_grad_enabled():
+    if n <= chunk:
         return F.cross_entropy(logits_of(hidden, weight, bias, softcap), target)
+    if not torch.is_grad_enabled():
+        return sum(_chunk_loss(hidden[s:s + chunk], target[s:s + chunk], weight, bias, softcap)
+                   for s in range(0, n, chunk)) / n
     total = sum(checkpoint(_chunk_loss, hidden[s:s + chunk], target[s:s + chunk], weight, bias, softcap,
                            use_reentrant=False)
                 for s in range(0, n, chunk))

@@ -28,6 +28,20 @@ def test_chunked_equals_dense_loss_and_gradients(chunk, softcap):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_the_logits_are_never_made_for_more_rows_than_a_chunk(monkeypatch, grad):
+    h, W, b, t = _inputs()
+    widths = []
+    real = F.linear
+    monkeypatch.setattr(F, "linear", lambda x, *a: widths.append(x.shape[0]) or real(x, *a))
+    with torch.set_grad_enabled(grad):
+        ours = chunked_cross_entropy(h, W, t, b, chunk=5)
+        if grad:
+            ours.backward()  # backward recomputes each chunk's logits, a chunk at a time too
+    assert max(widths) == 5 and sum(widths) == h.shape[0] * (2 if grad else 1)
+    torch.testing.assert_close(ours.detach(), F.cross_entropy(real(h, W, b), t).detach(), rtol=1e-6, atol=1e-6)
+
+
 def test_softcap_and_bias_are_applied_not_dropped():
     h, W, b, t = _inputs()
     plain = chunked_cross_entropy(h, W, t, chunk=5)
