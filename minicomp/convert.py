@@ -85,6 +85,8 @@ def build_timm_vit(layout: str, vc: dict) -> nn.Module:
         inter = inter or int(D * vc.get("mlp_ratio", 4))
         if vc.get("use_swiglu_ffn"):
             raise ValueError("comp-dinov2 with use_swiglu_ffn (DINOv2-giant) is not supported")
+    if inter is None:
+        raise ValueError(f"{layout}: config.json has no intermediate_size")
     act = vc.get("hidden_act", "gelu_pytorch_tanh" if layout == "comp-siglip" else "gelu")
     if act not in _ACTS:
         raise ValueError(f"hidden_act {act!r} is not one of {sorted(_ACTS)}")

@@ -266,7 +266,7 @@ class CRoPEViT(nn.Module):
     def extra_repr(self) -> str:
         return (f"rope={self.rope}, rope_theta={self.rope_theta}, prefix_tokens={self.prefix_tokens!r}, "
                 f"ape_mode={self.ape_mode!r}, ape_grid={self.ape_grid}, patch_size={self.patch_size}, "
-                f"attn_backend={self.attn_backend!r}")
+                f"attn_backend={self.attn_backend!r}, final_norm={self.final_norm}")
 
 
 def _check_timm_vit(model: nn.Module) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 
 import minicomp as mc
 from minicomp.cli import main as cli_main
@@ -84,11 +85,6 @@ def _rope(h, w, dh):
     return emb.cos(), emb.sin()
 
 
-def _rotate(x, cos, sin):
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos[:, None] + torch.cat([-x2, x1], dim=-1) * sin[:, None]
-
-
 def _ape(table, h, w):
     """Their interpolate_pos_encoding: the raster-order table, bicubic, no antialias: (h·w, D)."""
     g0 = int(table.shape[0] ** 0.5)
@@ -126,7 +122,7 @@ def their_forward(s, layout, images):
                 on, n1, n2 = a + "attention.output.dense", a + "norm1", a + "norm2"
             y = LN(x, n1)
             q, k, v = (L(y, n).view(-1, HEADS, dh) for n in (qn, kn, vn))
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)  # transformers' Qwen2-VL function, as their code calls it
             att = torch.einsum("nhd,mhd->hnm", q, k).mul(dh ** -0.5).softmax(-1)
             o = L(torch.einsum("hnm,mhd->nhd", att, v).reshape(-1, D), on)
             x = x + (o if siglip else o * s[a + "layer_scale1.lambda1"])
