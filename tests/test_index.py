@@ -35,6 +35,7 @@ def test_strict_index_names_the_record_and_an_image_gone_bad_fails_when_read(tmp
     path = write(tmp_path, GOOD[:2] + [dict(BAD["image file missing"], id="gone")], ".json")
     with pytest.raises(BadRecord, match=r"record 2 \(id 'gone'\): image file missing"):
         build_index(path, tmp_path / "strict", image_root=root, strict=True, progress=False)
+    assert not any((tmp_path / "strict").iterdir())  # no half-written index left behind
     build_index(path, tmp_path / "idx", image_root=root, workers=1, progress=False)
     os.remove(root / "gray.png")  # after indexing: counted and replaced by the training loader, never a crash here
     ds = LlavaDataset(tmp_path / "idx")

@@ -110,36 +110,45 @@ def build_index(src: str | os.PathLike, out: str | os.PathLike, image_root: str 
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (RECORDS + ".tmp")
     skipped: Counter = Counter()
-    read = kept = 0
     records = _raw_records(src)
     chunks = iter(lambda: list(islice(records, chunk)), [])
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(desc=f"indexing {src.name}", unit=" records")
+    counts = {"read": 0, "kept": 0}
+    try:
+        _write(pa, tmp, schema, _ordered_map(_check_chunk, ((c, root, str(src)) for c in chunks), workers),
+               src, strict, skipped, bar, counts)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written index is left behind (a strict stop, an interrupt)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    os.replace(tmp, out / RECORDS)
+    meta = {"version": VERSION, "source": str(src.resolve()), "image_root": str(root) if root else None,
+            **counts, "skipped": dict(skipped)}
+    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _write(pa, tmp: Path, schema, results, src: Path, strict: bool, skipped: Counter, bar, counts: dict) -> None:
+    """The validated chunks into the Arrow file `tmp`, in order; skips counted by reason."""
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for rows in _ordered_map(_check_chunk, ((c, root, str(src)) for c in chunks), workers):
+        for rows in results:
             good = [r[1:] for r in rows if r[0] == "ok"]
             for _, n, reason, detail, rid in (r for r in rows if r[0] == "bad"):
                 if strict:
                     raise BadRecord(reason, detail, where=f"{src} record {n} (id {rid!r})")
                 skipped[reason] += 1
-            read += len(rows)
-            kept += len(good)
+            counts["read"] += len(rows)
+            counts["kept"] += len(good)
             if good:
-                cols = list(zip(*good))
-                writer.write_batch(pa.record_batch([pa.array(cols[0], pa.int64()), pa.array(cols[1], pa.string()),
-                                                    pa.array(cols[2], pa.string()), pa.array(cols[3], pa.string())],
-                                                   schema=schema))
+                cols = list(zip(*good))  # index, id, image, conversations
+                writer.write_batch(pa.record_batch([pa.array(c, t.type) for c, t in zip(cols, schema)], schema=schema))
             if bar is not None:
                 bar.update(len(rows))
-    if bar is not None:
-        bar.close()
-    os.replace(tmp, out / RECORDS)
-    meta = {"version": VERSION, "source": str(src.resolve()), "image_root": str(root) if root else None,
-            "read": read, "kept": kept, "skipped": dict(skipped)}
-    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
 
 
 def is_index(path: str | os.PathLike) -> bool:
