@@ -22,6 +22,7 @@ class CoMPConfig:
     rope: bool = True
     rope_theta: float = 10000.0
     prefix_tokens: str = "keep"
+    ape: bool = True  # False: the learned APE removed, RoPE-2D alone (paper Tab. 5a)
     ape_mode: str = "bicubic"
     legacy_ape_order: bool = False
     attn_backend: str = "auto"

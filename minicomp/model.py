@@ -50,7 +50,7 @@ class CoMPOutput:
 
 def _load_vision(spec: str, pretrained: bool, cfg: CoMPConfig) -> CRoPEViT:
     kw = dict(rope=cfg.rope, rope_theta=cfg.rope_theta, prefix_tokens=cfg.prefix_tokens, ape_mode=cfg.ape_mode,
-              legacy_ape_order=cfg.legacy_ape_order, attn_backend=cfg.attn_backend)
+              legacy_ape_order=cfg.legacy_ape_order, attn_backend=cfg.attn_backend, ape=cfg.ape)
     if Path(spec).is_dir():
         saved = Path(spec) / "crope.json"
         saved = json.loads(saved.read_text()) if saved.is_file() else {}

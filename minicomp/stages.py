@@ -87,6 +87,8 @@ def part_modules(model) -> dict[str, list[nn.Parameter]]:
     frozen by design (e.g. prefix tokens that are never fed) are left out."""
     frozen_by_design = {id(t) for t in (model.vision.cls_token, model.vision.reg_token)
                         if t is not None and not model.vision.feeds_prefix}
+    if not getattr(model.vision, "ape", True):  # RoPE-2D alone: the APE is never added
+        frozen_by_design.add(id(model.vision.pos_embed))
     parts = {"vision": [p for p in model.vision.parameters() if id(p) not in frozen_by_design],
              "merger": list(model.merger.parameters()),
              "llm": list(model.llm.parameters())}

@@ -51,7 +51,8 @@ class CRoPEViT(nn.Module):
 
     def __init__(self, model: nn.Module, *, rope: bool = True, rope_theta: float = 10000.0,
                  prefix_tokens: str = "keep", ape_mode: str = "bicubic", legacy_ape_order: bool = False,
-                 max_tokens: int | None = None, attn_backend: str = "auto", final_norm: bool = True):
+                 max_tokens: int | None = None, attn_backend: str = "auto", final_norm: bool = True,
+                 ape: bool = True):
         super().__init__()
         _check_timm_vit(model)
         if prefix_tokens not in PREFIX_MODES:
@@ -86,6 +87,9 @@ class CRoPEViT(nn.Module):
         self.legacy_ape_order, self.max_tokens = legacy_ape_order, max_tokens
         self.attn_backend = attn_backend
         self.final_norm = bool(final_norm)  # False: no norm after the last block (the authors' CoMP-SigLIP)
+        self.ape = bool(ape)  # False: RoPE-2D alone, the learned APE removed (paper Tab. 5a; Qwen2-VL's encoder)
+        if not self.ape:
+            self.pos_embed.requires_grad_(False)  # unused: it must not wait for a gradient (DDP)
         self.grad_checkpointing = False
         object.__setattr__(self, "timm_model", model)  # the whole timm ViT (head too), unregistered: for saving
         if prefix_tokens == "drop":
@@ -101,7 +105,8 @@ class CRoPEViT(nn.Module):
 
         kwargs: prefix_tokens ("keep" | "drop"), ape_mode ("bicubic" | "bilinear"),
         legacy_ape_order, max_tokens (patches per image), attn_backend (see `minicomp.attention`),
-        final_norm (False: skip the norm after the last block, as the authors' CoMP-SigLIP does).
+        final_norm (False: skip the norm after the last block, as the authors' CoMP-SigLIP does),
+        ape (False: no learned APE at all, RoPE-2D alone: the ablation of paper Tab. 5a).
         """
         return cls(model, rope=rope, rope_theta=rope_theta, **kwargs)
 
@@ -122,7 +127,8 @@ class CRoPEViT(nn.Module):
     def settings(self) -> dict:
         """The C-RoPE settings that define the model's function (saved beside the weights)."""
         return {"rope": self.rope, "rope_theta": self.rope_theta, "prefix_tokens": self.prefix_tokens,
-                "ape_mode": self.ape_mode, "legacy_ape_order": self.legacy_ape_order, "final_norm": self.final_norm}
+                "ape_mode": self.ape_mode, "legacy_ape_order": self.legacy_ape_order, "final_norm": self.final_norm,
+                "ape": self.ape}
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the whole timm ViT in timm's format (config.json + model.safetensors, loadable by
@@ -195,20 +201,21 @@ class CRoPEViT(nn.Module):
         # CPU: timm's resampling, bit for bit the authors'. CUDA: the same map as two matmuls (PyTorch's
         # bicubic kernel took 88% of a small encoder's step on an H200), equal to float32 rounding.
         resample = resample_ape_matmul if self.pos_embed.is_cuda else resample_ape
-        for h, w in dict.fromkeys(grids):
+        for h, w in dict.fromkeys(grids) if self.ape else ():
             ape = resample(self.pos_embed, (h, w), self.ape_grid, self.ape_prefix, self.ape_mode)[0]
             ape_prefix, ape_patch = ape[:self.ape_prefix], ape[self.ape_prefix:]  # (ape_prefix, D), (h*w, D)
             if self.legacy_ape_order:
                 ape_patch = ape_patch[legacy_ape_permutation(h, w).to(x.device)]
             apes[(h, w)] = ape_prefix, ape_patch
-        x = x + torch.cat([apes[g][1] for g in grids])  # (ΣN, D); under autocast the sum is fp32, as in timm
+        if self.ape:
+            x = x + torch.cat([apes[g][1] for g in grids])  # (ΣN, D); under autocast the sum is fp32, as in timm
         lengths = [h * w for h, w in grids]
         if not self.feeds_prefix:
             return x, lengths
         prefix = torch.cat([t for t in (self.cls_token, self.reg_token) if t is not None], 1)[0]  # (n_prefix, D)
         parts: list[torch.Tensor] = []
         for g, xi in zip(grids, x.split(lengths)):
-            parts += [(prefix + apes[g][0] if self.ape_prefix else prefix).to(x.dtype), xi]
+            parts += [(prefix + apes[g][0] if self.ape_prefix and self.ape else prefix).to(x.dtype), xi]
         return torch.cat(parts), [self.num_prefix + n for n in lengths]  # (T, D)
 
     # ---- transformer (Eq. 2–4) -------------------------------------------------------------
@@ -266,7 +273,7 @@ class CRoPEViT(nn.Module):
     def extra_repr(self) -> str:
         return (f"rope={self.rope}, rope_theta={self.rope_theta}, prefix_tokens={self.prefix_tokens!r}, "
                 f"ape_mode={self.ape_mode!r}, ape_grid={self.ape_grid}, patch_size={self.patch_size}, "
-                f"attn_backend={self.attn_backend!r}, final_norm={self.final_norm}")
+                f"attn_backend={self.attn_backend!r}, final_norm={self.final_norm}, ape={self.ape}")
 
 
 def _check_timm_vit(model: nn.Module) -> None:

@@ -185,3 +185,22 @@ def test_cuda_encoder_equals_cpu_encoder(small_vit, rand_images, monkeypatch):
         cpu = enc(images).tokens
         gpu = enc.cuda()([x.cuda() for x in images]).tokens.cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vit_base_patch16_siglip_224", "vit_large_patch14_dinov2"])
+def test_ape_off_equals_a_zero_ape_and_freezes_it(name):
+    """ape=False (Tab. 5a's RoPE-2D alone) is the same encoder with the APE zeroed: patch and
+    class-token rows alike; its pos_embed is frozen, since nothing reads it."""
+    torch.manual_seed(0)
+    vit = timm.create_model(name, pretrained=False, depth=2, img_size=64).eval()
+    p = vit.patch_embed.patch_size[0]
+    images = [torch.randn(3, 3 * p, 5 * p), torch.randn(3, 4 * p, 2 * p)]
+    off = mc.CRoPEViT.from_timm(vit, ape=False)
+    assert not off.pos_embed.requires_grad and off.settings()["ape"] is False and "ape=False" in repr(off)
+    with torch.no_grad():
+        out = off(images)
+        vit.pos_embed.zero_()
+        ref = mc.CRoPEViT.from_timm(vit)(images)
+    torch.testing.assert_close(out.tokens, ref.tokens)
+    if ref.prefix is not None:
+        torch.testing.assert_close(out.prefix, ref.prefix)
