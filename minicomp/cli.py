@@ -83,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     conv.add_argument("--layout", choices=("comp-siglip", "comp-dinov2"), default=None,
                       help="the key layout (default: detected from the keys)")
     conv.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    rep = sub.add_parser("reproduce", help="run the paper's ablations on the toy world: Tab. 3, 4, 5a, 5b, Fig. 3")
+    rep.add_argument("tables", nargs="*", help="tab3, tab4, tab5a, tab5b, fig3 or all")
+    rep.add_argument("--list", action="store_true", help="print every row's exact overrides and stop")
+    rep.add_argument("--seeds", type=_positive_int, default=3, help="seeds per row (0, 1, …)")
+    rep.add_argument("--out", default="reproduce", help="results, cache, runs and the tables (default reproduce/)")
+    rep.add_argument("--preset", default="tiny", help="the recipe every row changes (tiny; smoke for a quick check)")
+    rep.add_argument("--procs", type=_positive_int, default=None,
+                     help="training processes per run (default: as many as the cores allow, as minicomp train)")
     toy = sub.add_parser("toy", help="the toy world's models")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     world = toy_sub.add_parser("world", help="the toy world in numbers: chance levels, glyph sizes at each resolution")
@@ -142,6 +150,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"converted {args.src} -> {args.out}: CRoPEViT {n / 1e6:.1f}M parameters, {len(enc.blocks)} blocks, "
               f"settings {enc.settings()}" + (f"; merger {merger.vision_dim}x{merger.merge}² -> {merger.llm_dim}"
                                               if merger else "; no merger in the checkpoint"))
+    elif args.command == "reproduce":
+        from .reproduce import NAMES, list_rows, reproduce
+        try:
+            if args.list:
+                print(list_rows(args.preset))
+                return 0
+            if not args.tables:
+                parser.exit(2, f"minicomp reproduce: error: name a table ({', '.join(NAMES)}) or all, or pass --list\n")
+            written = reproduce(args.tables, args.seeds, args.out, args.preset, args.procs,
+                                command="minicomp reproduce " + " ".join(argv[1:]))
+        except ValueError as e:
+            parser.exit(2, f"minicomp reproduce: error: {e}\n")
+        for path in written:
+            if path.suffix == ".md":
+                print(path.read_text())
+        print("wrote " + ", ".join(str(p) for p in written))
     elif args.command == "ask":
         from .assess import ask as ask_one
         try:

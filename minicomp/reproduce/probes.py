@@ -1,0 +1,89 @@
+"""Tab. 3 in miniature: the VFM after CoMP. Frozen-feature probes (`assess.vfm_probes`) of each
+original toy VFM and of its CoMP-trained encoder (the final models of Tab. 4 rows 8 and 10), at
+the toy VFMs' own 64 px and at native resolution (≤256 patches, the higher one).
+
+The paper's classification (ImageNet, attentive probe, 224 / 448 px) maps to the toy's
+attentive-pooling attribute probe ("mean" over the world's attributes); its segmentation
+(ADE20K, UperNet head, 504 / 672 px) to the toy's per-patch segmentation probe (mIoU).
+"""
+from __future__ import annotations
+
+import math
+
+from .rows import DERIVED, TABLES
+from .suite import Suite, _write_json, jobs_for, read_result
+from .tables import _ci, _interval
+
+PAPER = {  # Tab. 3(a) ImageNet-1K top-1, 224 / 448 px; Tab. 3(b) ADE20K mIoU, 504 / 672 px
+    "siglip": {"original": {"classification": (87.1, 88.2), "segmentation": (35.2, 31.6)},
+               "CoMP-trained": {"classification": (86.5, 87.4), "segmentation": (49.5, 49.1)}},
+    "vision": {"original": {"classification": (86.3, 87.6), "segmentation": (55.3, 55.9)},
+               "CoMP-trained": {"classification": (85.7, 86.5), "segmentation": (52.7, 53.0)}},
+}
+PROBES = {"classification": "mean", "segmentation": "segment_miou"}
+ROW_VFM = {"8": "siglip", "10": "vision"}  # Tab. 4 row -> its toy VFM
+N_TEST = 300  # probe_images("test", …) in vfm_probes
+
+
+def _path(suite: Suite, row: str, seed: int):
+    return suite.out / "results" / "tab3" / f"{row}-s{seed}.json"
+
+
+def run_probes(suite: Suite, seeds: int) -> None:
+    """Probe each finished Tab. 4 row 8 / 10 model that has no current probe result."""
+    import torch
+
+    from ..assess import vfm_probes
+    from ..model import CoMPModel
+
+    for job in jobs_for(["tab3"], seeds, suite.preset):
+        done, path = suite.done(job), _path(suite, job.row.key, job.seed)
+        if done is None:
+            continue
+        key = f"{done['key']}-probes1"
+        old = read_result(path)
+        if old is not None and old["key"] == key:
+            continue
+        suite.say(f"tab3: probing the VFMs of {job.slug}")
+        torch.manual_seed(job.seed)
+        model = CoMPModel.from_pretrained(f"{done['run']}/model")
+        _write_json(path, {"key": key, "row": job.row.key, "seed": job.seed, "vfm": ROW_VFM[job.row.key],
+                           "probes": vfm_probes(model)})
+
+
+def tab3_data(suite: Suite, seeds: int) -> dict:
+    rows = []
+    for row in DERIVED["tab3"][1]:
+        res = [r for s in range(seeds) if (r := read_result(_path(suite, row, s))) is not None]
+        if not res:
+            continue
+        for who in ("original", "CoMP-trained"):
+            name = "original toy VFM" if who == "original" else "CoMP-trained"
+            entry = {"vfm": ROW_VFM[row], "model": who, "tab4_row": row, "seeds": len(res),
+                     "paper": PAPER[ROW_VFM[row]][who]}
+            for probe, key in PROBES.items():
+                for res_label, i in (("own", 0), ("higher", 1)):
+                    vals = [list(r["probes"][name].values())[i][key] for r in res]
+                    m = sum(vals) / len(vals)
+                    se = math.sqrt(max(m * (1 - m), 0) / N_TEST) / math.sqrt(len(vals))
+                    entry[f"{probe}_{res_label}"] = _interval(m, vals, se, (0.0, 1.0))
+            rows.append(entry)
+    return {"table": "tab3", "title": "Tab. 3: the VFM after CoMP (frozen-feature probes)", "rows": rows}
+
+
+def tab3_markdown(data: dict, command: str, preset: str) -> str:
+    lines = [f"# {data['title']}: the toy's reproduction", "",
+             f"`{command}` (preset `{preset}`). Toy probes in %, mean over seeds with a 95% interval; own = 64 px "
+             "(the toy VFMs' pretraining size), higher = native ≤256 patches. Paper: ImageNet top-1 at 224 / 448 px "
+             "(classification) and ADE20K mIoU at 504 / 672 px (segmentation), CoMP models from Stage II; the toy's "
+             "are the final models of Tab. 4 rows 8 (SigLIP-like) and 10 (vision-only).", "",
+             "| VFM | model | paper cls. own / high | toy attribute probe, own | higher | paper seg. own / high | "
+             "toy segmentation mIoU, own | higher |", "|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        pc, ps = r["paper"]["classification"], r["paper"]["segmentation"]
+        lines.append(f"| {'SigLIP' if r['vfm'] == 'siglip' else 'DINOv2'} → toy {r['vfm']} | {r['model']} | "
+                     f"{pc[0]:g} / {pc[1]:g} | {_ci(r['classification_own'])} | {_ci(r['classification_higher'])} | "
+                     f"{ps[0]:g} / {ps[1]:g} | {_ci(r['segmentation_own'])} | {_ci(r['segmentation_higher'])} |")
+    return "\n".join(lines) + "\n"
+
+

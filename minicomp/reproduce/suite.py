@@ -1,0 +1,317 @@
+"""Run the ablation rows: one training run per (row, seed), cached by what decides its result.
+
+    out/
+      results/<table>/<row>-s<seed>.json   each finished (row, seed), written atomically
+      cache/<key>/                         a stage-end checkpoint, keyed on the config up to that stage
+      runs/<table>-<row>-s<seed>/          the run directory (its report, metrics and final model)
+
+- **Keys.** A result is keyed on the resolved config (every field that can change a number: all
+  but the run's name and what is logged or kept), the model files' contents and the process
+  count. A result whose key differs from the row's current one is stale and is run again.
+- **Shared stage prefixes.** The checkpoint at the end of stage k is cached under the key of the
+  config up to and including stage k, where two or more rows of the registry share that key. A
+  row whose first k stages resolve to a cached key starts from it instead of training them again
+  (the data order of a stage depends on the seed and the stage alone, so the continuation equals
+  a run from scratch). The cache holds the weights and meta.json, not the optimiser state: each
+  stage starts a new optimiser.
+- **Resume.** A run directory left by an interrupted suite, with the same config, is resumed
+  from its last checkpoint; a finished result is never redone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..checkpoint import checkpoints
+from ..config import TrainConfig, config_differences
+from ..launch import cpu_processes
+from ..resume import read_metrics
+from .rows import DERIVED, TABLES, Row, Table, row_config
+
+UNKEYED = ("name", "log_every", "save_every", "keep_checkpoints", "num_workers")  # never change a number
+
+
+@dataclass
+class Job:
+    table: Table
+    row: Row
+    seed: int
+    cfg: TrainConfig
+
+    @property
+    def slug(self) -> str:
+        return f"{self.table.name}-{self.row.key}-s{self.seed}"
+
+
+def _files_digest(path: Path) -> str:
+    """The contents of a local model folder (or file); a hub name stands for itself."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            if f.stat().st_size <= 64 << 20:
+                h.update(fh.read())
+            else:  # a large checkpoint: its size, head and tail
+                h.update(str(f.stat().st_size).encode() + fh.read(1 << 20))
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+_DIGESTS: dict[str, str] = {}
+
+
+def models_digest(cfg: TrainConfig) -> dict:
+    out = {}
+    for part in ("vision", "llm"):
+        spec = str(cfg.model.get(part, ""))
+        if spec not in _DIGESTS:
+            _DIGESTS[spec] = _files_digest(Path(spec)) if Path(spec).exists() else spec
+        out[part] = _DIGESTS[spec]
+    return out
+
+
+def config_key(cfg: TrainConfig, procs: int, upto: int | None = None) -> str:
+    """A hash of everything that decides the weights and numbers of `cfg` through stage `upto`
+    (default: all stages, i.e. the whole result)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in UNKEYED}
+    for part in ("vision", "llm"):  # a local folder is keyed by its contents (models_digest), not by where it lies
+        if Path(str(d["model"].get(part, ""))).exists():
+            d["model"][part] = "local"
+    if upto is not None:
+        d["stages"] = d["stages"][:upto + 1]
+    blob = {"config": d, "models": models_digest(cfg), "procs": procs, "minicomp": __version__}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def jobs_for(names: list[str], seeds: int, preset: str) -> list[Job]:
+    """Every (row, seed) the named tables need, seed by seed (a whole first seed comes first),
+    each row once; Tab. 3 and Fig. 3 need their Tab. 4 rows."""
+    need: dict[str, list[str] | None] = {}
+    for name in names:
+        if name in TABLES:
+            need[name] = None  # every row
+        else:
+            table, rows = DERIVED[name]
+            if need.get(table, []) is not None:
+                need[table] = list(dict.fromkeys([*(need.get(table) or []), *rows]))
+    out = []
+    for seed in range(seeds):
+        for name, keys in need.items():
+            t = TABLES[name]
+            for r in t.rows:
+                if keys is None or r.key in keys:
+                    out.append(Job(t, r, seed, row_config(t, r, preset, seed)))
+    return out
+
+
+def _write_json(path: Path, obj) -> None:
+    """Atomically: a reader sees the old file or the whole new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def read_result(path: Path) -> dict | None:
+    try:
+        r = json.loads(path.read_text())
+        return r if isinstance(r, dict) and "key" in r else None
+    except (OSError, ValueError):
+        return None
+
+
+def _compact(ev: dict) -> dict:
+    """What the tables need of a `with_control` result: the 0/1 hits, real and blank, per question."""
+    return {"hits": ev["hits"], "kinds": ev["kinds"], "blank_hits": ev["blank"]["hits"],
+            "accuracy": ev["accuracy"], "blank_accuracy": ev["blank"]["accuracy"]}
+
+
+class Suite:
+    """`Suite(out, preset, procs).run(jobs)`. `procs`: training processes per run (None: as many
+    as the cores allow, as `minicomp train --procs auto`)."""
+
+    def __init__(self, out: str | Path, preset: str = "tiny", procs: int | None = None, progress: bool = True,
+                 say=print):
+        self.out, self.preset, self.progress, self.say = Path(out), preset, progress, say
+        self.procs, self.shared = procs, set()
+
+    def _procs(self, cfg: TrainConfig) -> int:
+        return self.procs or cpu_processes(cfg, os.cpu_count() or 1)
+
+    def result_path(self, job: Job) -> Path:
+        return self.out / "results" / job.table.name / f"{job.row.key}-s{job.seed}.json"
+
+    def key(self, job: Job, upto: int | None = None) -> str:
+        return config_key(job.cfg, self._procs(job.cfg), upto)
+
+    def done(self, job: Job) -> dict | None:
+        r = read_result(self.result_path(job))
+        return r if r is not None and r["key"] == self.key(job) else None
+
+    def cached_prefix(self, job: Job) -> tuple[int, Path] | None:
+        """The last stage k whose stage-end checkpoint is cached for this job's config: (k, folder)."""
+        for k in reversed(range(len(job.cfg.stages))):
+            folder = self.out / "cache" / self.key(job, k)
+            if (folder / "meta.json").is_file():
+                return k, folder
+        return None
+
+    def plan(self, jobs: list[Job]) -> list[tuple[Job, int]]:
+        """The jobs still to run, each with the optimiser steps it will take: stages cached, or
+        trained by an earlier job of the plan, are not counted."""
+        have, out = set(), []
+        for job in jobs:
+            if self.done(job):
+                continue
+            steps = 0
+            for k, s in enumerate(job.cfg.stages):
+                key = self.key(job, k)
+                if key not in have and not (self.out / "cache" / key / "meta.json").is_file():
+                    steps += s.steps
+                have.add(key)
+            out.append((job, steps))
+        return out
+
+    def shared_prefixes(self, jobs: list[Job]) -> set[str]:
+        """Prefix keys that two or more rows share, of these jobs and of the registry's at the same
+        seeds (a table run later then finds them): only these are cached."""
+        seeds = 1 + max((j.seed for j in jobs), default=0)
+        every = {(j.table.name, j.row.key, j.seed): j for j in [*jobs_for(list(TABLES), seeds, self.preset), *jobs]}
+        seen: dict[str, int] = {}
+        for job in every.values():
+            for k in range(len(job.cfg.stages)):
+                key = self.key(job, k)
+                seen[key] = seen.get(key, 0) + 1
+        return {k for k, n in seen.items() if n > 1}
+
+    def run(self, jobs: list[Job]) -> list[dict]:
+        """Run what is not done; -> every job's result, in order."""
+        self.shared = self.shared_prefixes(jobs)
+        todo = self.plan(jobs)
+        total = sum(s for _, s in todo)
+        self.say(f"{len(jobs)} runs: {len(jobs) - len(todo)} done or cached, {len(todo)} to train "
+                 f"({total:,} optimiser steps; the rest shared from cached stages)")
+        bar = tqdm(total=total, unit="step", desc="reproduce", disable=not self.progress, smoothing=0)
+        try:
+            for i, (job, steps) in enumerate(todo):
+                bar.set_description(f"{job.slug} ({i + 1}/{len(todo)})")
+                t0 = time.time()
+                result = self._train(job, bar)
+                _write_json(self.result_path(job), result)
+                self.say(f"{job.slug}: exact match {result['final']['accuracy']:.3f} (blank "
+                         f"{result['final']['blank_accuracy']:.3f}) in {(time.time() - t0) / 60:.1f} min")
+        finally:
+            bar.close()
+        return [self.done(job) for job in jobs]
+
+    # ---- one run ----------------------------------------------------------------------------
+
+    def _train(self, job: Job, bar) -> dict:
+        run = self.out / "runs" / job.slug
+        procs = self._procs(job.cfg)
+        cfg = TrainConfig(**{**job.cfg.to_dict(), "keep_checkpoints": 0})  # keep every stage's end, to cache
+        resume = self._resumable(run, cfg)
+        if not resume:
+            shutil.rmtree(run, ignore_errors=True)
+            prefix = self.cached_prefix(job)
+            if prefix is not None:
+                self._seed_from_cache(run, cfg, *prefix)
+                resume = True
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "recipe.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        cmd = [sys.executable, "-m", "minicomp.train", "--preset", self.preset, "--config", str(run / "recipe.yaml"),
+               "--out", str(run), "--procs", str(procs)] + (["--resume", "--force"] if resume else [])
+        start = self._global_step(run)
+        with (run / "train.log").open("a") as log:
+            log.write(f"$ {' '.join(cmd)}\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
+            try:
+                while proc.poll() is None:
+                    time.sleep(1)
+                    step = self._global_step(run)
+                    bar.update(max(0, step - start))
+                    start = max(start, step)
+            except BaseException:
+                proc.terminate()
+                proc.wait()
+                raise
+        if proc.returncode:
+            tail = (run / "train.log").read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"{job.slug}: training failed (exit {proc.returncode}); {run / 'train.log'} ends:\n"
+                               + "\n".join(tail))
+        bar.update(max(0, self._global_step(run) - start))
+        return self._collect(job, run, cfg, procs)
+
+    @staticmethod
+    def _global_step(run: Path) -> int:
+        path = run / "metrics.jsonl"
+        if not path.is_file():
+            return 0
+        recs = read_metrics(path)
+        return recs[-1]["global_step"] if recs else 0
+
+    @staticmethod
+    def _resumable(run: Path, cfg: TrainConfig) -> bool:
+        if not checkpoints(run):
+            return False
+        try:
+            saved = json.loads((run / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return not [d for d in config_differences(saved, cfg.to_dict()) if d.split(".")[0] not in UNKEYED]
+
+    def _seed_from_cache(self, run: Path, cfg: TrainConfig, k: int, folder: Path) -> None:
+        """A fresh run directory that starts after stage k, from the cached checkpoint."""
+        meta = json.loads((folder / "meta.json").read_text())
+        (run / "checkpoints").mkdir(parents=True)
+        shutil.copytree(folder, run / "checkpoints" / f"step-{meta['global_step']:07d}",
+                        ignore=shutil.ignore_patterns("metrics.jsonl"))
+        if (folder / "metrics.jsonl").is_file():
+            shutil.copy(folder / "metrics.jsonl", run / "metrics.jsonl")
+        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        with (run / "train.log").open("a") as log:
+            log.write(f"stages {', '.join(s.name for s in cfg.stages[:k + 1])} from the cache: {folder}\n")
+
+    def _collect(self, job: Job, run: Path, cfg: TrainConfig, procs: int) -> dict:
+        """Cache each stage-end checkpoint under its prefix key, drop the rest; -> the result."""
+        found = checkpoints(run)
+        meta = json.loads((run / "results.json").read_text())
+        metrics = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+        for ckpt in found:
+            m = json.loads((ckpt / "meta.json").read_text())
+            key = self.key(job, m["stage_index"] - 1) if m["step"] == 0 and m["stage_index"] >= 1 else None
+            if key not in self.shared:
+                continue
+            dest = self.out / "cache" / key
+            if not (dest / "meta.json").is_file():
+                tmp = dest.with_name(f".tmp-{dest.name}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                # a stage's end needs no optimiser state: the next stage starts a new optimiser
+                shutil.copytree(ckpt, tmp, ignore=lambda d, names: names if Path(d).name == "state" else [])
+                (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics
+                                                           if r["global_step"] <= m["global_step"]))
+                shutil.rmtree(dest, ignore_errors=True)
+                os.replace(tmp, dest)
+        for folder in ("checkpoints", "stages"):  # the final model stays in run/model
+            shutil.rmtree(run / folder, ignore_errors=True)
+        last = cfg.stages[-1].name
+        return {"table": job.table.name, "row": job.row.key, "seed": job.seed, "key": self.key(job),
+                "preset": self.preset, "procs": procs, "run": str(run), "stage_minutes": meta["stage_minutes"],
+                "final": _compact(meta["evals"][last]),
+                "stages": {s: {"accuracy": e["accuracy"], "blank_accuracy": e["blank"]["accuracy"]}
+                           for s, e in meta["evals"].items()},
+                "by_resolution": {label: _compact(ev) for label, ev in meta.get("by_resolution", {}).items()}}

@@ -1,0 +1,198 @@
+"""`minicomp reproduce`: the registry, the cache and resume, the table writer, one real row pair."""
+import json
+import os
+
+import pytest
+
+from minicomp.config import config_differences
+from minicomp.reproduce import list_rows
+from minicomp.reproduce.rows import TABLES, Row, Table, Times, chain, dotted, row_config
+from minicomp.reproduce.suite import Job, Suite
+from minicomp.reproduce.tables import accuracy, difference, direction, table_data, to_markdown
+from minicomp.stats import student_t_quantile, wilson
+
+
+# ---- the registry ---------------------------------------------------------------------------
+
+ROWS = [(t, r) for t in TABLES.values() for r in t.rows]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "smoke"])
+def test_every_row_resolves_to_a_valid_config(preset):
+    for t, r in ROWS:
+        cfg = row_config(t, r, preset, seed=2)
+        assert cfg.seed == 2 and cfg.name == f"{t.name}-{r.key}"
+
+
+def _covered(diff: str, named: set[str]) -> bool:
+    return any(diff == k or diff.startswith(k + ".") or k.startswith(diff + ".") for k in named)
+
+
+@pytest.mark.parametrize("table,row", [(t, r) for t, r in ROWS if r.compare_to], ids=lambda x: getattr(x, "key", None))
+def test_a_row_differs_from_its_reference_only_in_what_it_names(table, row):
+    ref = table.row(row.compare_to)
+    mine, theirs = chain(table, row), chain(table, ref)
+    named = {k for r in mine + theirs if (r in mine) != (r in theirs) for k in dotted(r.change)}
+    diffs = [d for d in config_differences(row_config(table, ref).to_dict(), row_config(table, row).to_dict())
+             if d != "name"]
+    assert diffs, f"{table.name} row {row.key} equals its reference {ref.key}"
+    assert all(_covered(d, named) for d in diffs), (diffs, named)
+
+
+def test_relative_changes_follow_the_preset():
+    t = TABLES["tab4"]
+    for preset in ("tiny", "smoke"):
+        six, seven = (row_config(t, t.row(k), preset) for k in ("6", "7"))
+        assert [2 * s.steps if s.name in ("II-fixed", "II-native") else s.steps for s in six.stages] == [s.steps for s in seven.stages]
+
+
+def test_list_prints_every_row_with_its_overrides():
+    text = list_rows()
+    for t, r in ROWS:
+        assert f"== {t.name}" in text and f"   {r.key:<13} {r.label}" in text
+    assert '"ape": false' in text and "×2" in text and "compared with row lpe-high" in text
+
+
+def test_cli_names_an_unknown_table(capsys):
+    from minicomp.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "tab9", "--preset", "smoke", "--out", "/nonexistent"])
+    assert e.value.code == 2 and "tab9" in capsys.readouterr().err
+
+
+# ---- the table writer on synthetic results --------------------------------------------------
+
+KINDS = ["document/title", "document/lines", "chart/longest", "chart/bars", "scene/colour", "scene/shapes"] * 10
+
+
+def _result(row: str, seed: int, hits: list[int]) -> dict:
+    final = {"hits": hits, "kinds": KINDS, "blank_hits": [0] * len(KINDS), "accuracy": sum(hits) / len(hits),
+             "blank_accuracy": 0.0}
+    return {"table": "t", "row": row, "seed": seed, "key": "k", "final": final, "by_resolution": {}}
+
+
+def _hits(p: float, offset: int = 0) -> list[int]:
+    n = len(KINDS)
+    return [int(((i + offset) % n) < p * n) for i in range(n)]
+
+
+def test_t_quantiles_match_the_tables():
+    for df, t in ((1, 12.706), (2, 4.303), (10, 2.228), (30, 2.042)):
+        assert student_t_quantile(0.975, df) == pytest.approx(t, abs=1e-3)
+
+
+def test_accuracy_interval_is_wilson_for_one_seed_and_t_for_spread_seeds():
+    one = accuracy([_result("a", 0, _hits(0.5))])
+    assert (one["lo"], one["hi"]) == pytest.approx(wilson(30, 60)) and one["seeds"] == 1
+    spread = [_result("a", s, _hits(p)) for s, p in enumerate((0.4, 0.5, 0.6))]
+    acc = accuracy(spread)
+    half = student_t_quantile(0.975, 2) * 0.1 / 3 ** 0.5  # sd of (0.4, 0.5, 0.6) is 0.1
+    assert acc["mean"] == pytest.approx(0.5) and acc["hi"] - acc["mean"] == pytest.approx(half)
+
+
+def test_differences_are_paired_and_directions_follow_the_intervals():
+    ref = [_result("r", s, _hits(0.2, s)) for s in range(3)]
+    up = [_result("u", s, _hits(0.8, s)) for s in range(3)]
+    same = [_result("s", s, _hits(0.2, s + 1)) for s in range(3)]  # the same accuracy, other questions right
+    d = difference(up, ref)
+    assert d["mean"] == pytest.approx(0.6) and d["lo"] > 0
+    assert direction(+3.0, d) == "agrees" and direction(-3.0, d) == "disagrees" and direction(None, d) == "—"
+    assert direction(+3.0, difference(same, ref)) == "cannot tell"
+    table = Table("t", "T", {}, (Row("r", "ref", {}, paper={"AI2D": 50, "ChartQA": 40, "DocVQA": 30}),
+                                 Row("u", "up", {}, ref="r", paper={"AI2D": 51, "ChartQA": 45, "DocVQA": 35})), "m")
+    data = table_data(table, {"r": ref, "u": up})
+    row = data["rows"][1]
+    assert row["vs_ref_all"]["paper"] == pytest.approx(11 / 3) and row["vs_ref_all"]["direction"] == "agrees"
+    assert row["vs_ref_reading"]["paper"] == pytest.approx(5.0)
+    md = to_markdown(data, "minicomp reproduce t", "tiny")
+    assert "| u | up | 51 | 45 | 35 |" in md and "agrees" in md and "`minicomp reproduce t`" in md
+
+
+def test_a_difference_needs_the_same_questions():
+    a, b = _result("a", 0, _hits(0.5)), _result("b", 0, _hits(0.5))
+    b["final"]["kinds"] = list(reversed(KINDS))
+    with pytest.raises(ValueError, match="different questions"):
+        difference([a], [b])
+
+
+# ---- the suite: a real row pair at smoke size, its cache and resume --------------------------
+
+SMOKE = {"eval_budgets": [8], "eval_samples": 4}
+PAIR = Table("pair", "a pair", SMOKE, (Row("a", "reference", {}),
+                                       Row("b", "Stage III changed", {"stages": {"III": {"lr": {"llm": 2e-3}}}},
+                                           ref="a")), "test")
+
+
+def _jobs(table=PAIR):
+    return [Job(table, r, 0, row_config(table, r, "smoke", 0)) for r in table.rows]
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    suite = Suite(out, "smoke", procs=1, progress=False, say=lambda *a: None)
+    return suite, suite.run(_jobs())
+
+
+def test_a_row_pair_runs_end_to_end_and_shares_its_prefix(suite_run):
+    suite, (a, b) = suite_run
+    assert a["row"] == "a" and b["row"] == "b" and len(a["final"]["hits"]) == 8
+    log = (suite.out / "runs" / "pair-b-s0" / "train.log").read_text()
+    assert "stages I, II-fixed, II-native from the cache" in log
+    cached = [p for p in (suite.out / "cache").iterdir()]
+    assert len(cached) == 3 and all(not any((p / "state").iterdir()) for p in cached)  # no optimiser state
+    metrics = [json.loads(x) for x in (suite.out / "runs" / "pair-b-s0" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["stage"] for m in metrics] == ["I"] * 3 + ["II-fixed"] * 3 + ["II-native"] * 3 + ["III"] * 3
+    assert not (suite.out / "runs" / "pair-a-s0" / "checkpoints").exists()  # only the final model is kept
+    assert (suite.out / "runs" / "pair-a-s0" / "model" / "comp_config.json").is_file()
+
+
+def test_a_row_from_a_cached_prefix_equals_the_row_from_scratch(suite_run, tmp_path):
+    suite, (_, b) = suite_run
+    alone = Suite(tmp_path, "smoke", procs=1, progress=False, say=lambda *a: None)
+    (fresh,) = alone.run(_jobs()[1:])
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    assert fresh["key"] == b["key"] and fresh["final"] == b["final"]
+    last = lambda s: (s.out / "runs" / "pair-b-s0" / "metrics.jsonl").read_text().splitlines()[-1]  # noqa: E731
+    assert json.loads(last(alone))["loss"] == json.loads(last(suite))["loss"]
+
+
+def test_finished_results_are_not_redone_and_a_changed_recipe_is_not_stale(suite_run, monkeypatch):
+    suite, results = suite_run
+    stamps = [os.stat(suite.result_path(j)).st_mtime_ns for j in _jobs()]
+    monkeypatch.setattr(Suite, "_train", lambda *a: pytest.fail("a finished run was trained again"))
+    assert suite.run(_jobs()) == results
+    assert [os.stat(suite.result_path(j)).st_mtime_ns for j in _jobs()] == stamps
+    changed = Table("pair", "a pair", SMOKE, (PAIR.rows[0], Row("b", "b", {"stages": {"III": {"lr": {"llm": 3e-3}}}})),
+                    "test")
+    plan = suite.plan(_jobs(changed))
+    assert [(j.row.key, steps) for j, steps in plan] == [("b", 3)]  # b only, and only its own Stage III
+
+
+def test_an_interrupted_suite_resumes_without_redoing_finished_runs(tmp_path, monkeypatch):
+    from minicomp.train import train
+
+    table = Table("pair", "a pair", SMOKE, (PAIR.rows[0], Row("c", "c", {"stages": {"III": {"lr": {"llm": 4e-3}}}})),
+                  "test")
+    jobs = _jobs(table)
+    suite = Suite(tmp_path, "smoke", procs=1, progress=False, say=lambda *a: None)
+    real = Suite._train
+
+    def stop_at_c(self, job, bar):
+        if job.row.key == "c":  # killed two steps into c's Stage I
+            cfg = job.cfg.to_dict() | {"keep_checkpoints": 0, "save_every": 1}
+            from minicomp.config import TrainConfig
+            train(TrainConfig(**cfg), tmp_path / "runs" / job.slug, stop_after=2, progress=False)
+            raise KeyboardInterrupt
+        return real(self, job, bar)
+
+    monkeypatch.setattr(Suite, "_train", stop_at_c)
+    with pytest.raises(KeyboardInterrupt):
+        suite.run(jobs)
+    first = os.stat(suite.result_path(jobs[0])).st_mtime_ns
+    monkeypatch.setattr(Suite, "_train", real)
+    a, c = suite.run(jobs)
+    assert os.stat(suite.result_path(jobs[0])).st_mtime_ns == first
+    log = (tmp_path / "runs" / "pair-c-s0" / "train.log").read_text()
+    assert "--resume" in log and "resuming from" in log
+    assert c["row"] == "c" and len(c["final"]["hits"]) == 8
