@@ -126,21 +126,26 @@ def _results(result: dict):
         yield v["blank"]
 
 
-def vfm_probes(model: CoMPModel, sizes: tuple[int, int] = (600, 300), steps: int = 300) -> dict:
+def vfm_probes(model: CoMPModel, sizes: tuple[int, int] = (600, 300), steps: int = 300,
+               which: tuple[str, ...] = ("original toy VFM", "CoMP-trained")) -> dict:
     """Probes (`toy.probes.measure_probes`) of the original toy VFM and of this model's vision
     encoder, frozen, at 64 px and at native ≤256 patches, with RoPE as each was trained:
     classification of each attribute with an attentive-pooling probe (`steps` AdamW steps), and
-    per-patch linear probes for glyphs, words and segmentation."""
+    per-patch linear probes for glyphs, words and segmentation. `which`: the encoders to probe."""
     import timm
 
     from .toy import TOY_VFM_PATHS
     from .toy.probes import NATIVE_PATCHES, measure_probes, probe_images
 
-    train, test = probe_images("train", sizes[0], seed=11), probe_images("test", sizes[1], seed=11)
+    encoders = {"original toy VFM": lambda: timm.create_model(f"local-dir:{TOY_VFM_PATHS[kind]}", pretrained=True).eval(),
+                "CoMP-trained": lambda: model.vision}
+    unknown = sorted(set(which) - set(encoders))
+    if unknown:
+        raise ValueError(f"which: unknown encoder(s) {unknown}; expected any of {sorted(encoders)}")
     kind = "siglip" if "siglip" in model.config.vision else "vision"
-    original = timm.create_model(f"local-dir:{TOY_VFM_PATHS[kind]}", pretrained=True).eval()
+    train, test = probe_images("train", sizes[0], seed=11), probe_images("test", sizes[1], seed=11)
     out = {}
-    for name, enc in (("original toy VFM", original), ("CoMP-trained", model.vision)):
+    for name, enc in ((n, encoders[n]()) for n in which):
         out[name] = {res: measure_probes(enc, train, test, size=size, attentive=True, attentive_steps=steps)
                      for res, size in (("fixed 64px", 64), (f"native <={NATIVE_PATCHES} patches", None))}
     return out

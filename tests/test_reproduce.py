@@ -196,3 +196,25 @@ def test_an_interrupted_suite_resumes_without_redoing_finished_runs(tmp_path, mo
     log = (tmp_path / "runs" / "pair-c-s0" / "train.log").read_text()
     assert "--resume" in log and "resuming from" in log
     assert c["row"] == "c" and len(c["final"]["hits"]) == 8
+
+
+def test_tab3_shows_each_original_once_and_the_trained_over_seeds(tmp_path):
+    from minicomp.reproduce.probes import _path, tab3_data, tab3_markdown
+    from minicomp.reproduce.suite import _write_json
+
+    suite = Suite(tmp_path, "smoke", procs=1, progress=False)
+    probes = lambda cls, seg: {"fixed 64px": {"mean": cls, "segment_miou": seg},  # noqa: E731
+                               "native <=256 patches": {"mean": cls + 0.1, "segment_miou": seg}}
+    _write_json(_path(suite, "original-siglip"), {"key": "k", "vfm": "siglip", "probes": probes(0.4, 0.5)})
+    for s, cls in enumerate((0.5, 0.6)):
+        _write_json(_path(suite, f"8-s{s}"), {"key": "k", "vfm": "siglip", "seed": s, "probes": probes(cls, 0.5)})
+    data = tab3_data(suite, seeds=2)
+    original, trained = data["rows"]
+    assert (original["model"], original["seeds"], trained["model"], trained["seeds"]) == ("original", 1, "CoMP-trained", 2)
+    assert trained["classification_own"]["mean"] == pytest.approx(0.55)
+    assert trained["classification_higher"]["mean"] == pytest.approx(0.65)
+    md = tab3_markdown(data, "minicomp reproduce tab3", "smoke")
+    assert "| SigLIP → toy siglip | original | 87.1 / 88.2 | 40.0 [" in md and "| CoMP-trained | 86.5 / 87.4 | 55.0 [" in md
+    with pytest.raises(ValueError, match="unknown encoder"):
+        from minicomp.assess import vfm_probes
+        vfm_probes(None, which=("neither",))

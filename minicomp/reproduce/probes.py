@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .rows import DERIVED, TABLES
+from .rows import DERIVED
 from .suite import Suite, _write_json, jobs_for, read_result
 from .tables import _ci, _interval
 
@@ -25,45 +25,51 @@ ROW_VFM = {"8": "siglip", "10": "vision"}  # Tab. 4 row -> its toy VFM
 N_TEST = 300  # probe_images("test", …) in vfm_probes
 
 
-def _path(suite: Suite, row: str, seed: int):
-    return suite.out / "results" / "tab3" / f"{row}-s{seed}.json"
+def _path(suite: Suite, name: str):
+    return suite.out / "results" / "tab3" / f"{name}.json"
 
 
 def run_probes(suite: Suite, seeds: int) -> None:
-    """Probe each finished Tab. 4 row 8 / 10 model that has no current probe result."""
+    """Probe each finished Tab. 4 row 8 / 10 model that has no current probe result, and each
+    original toy VFM once (a fixed model: its probes do not depend on the seed of a row)."""
     import torch
 
     from ..assess import vfm_probes
     from ..model import CoMPModel
+    from ..toy import TOY_VFM_PATHS
+    from .suite import _files_digest
 
     for job in jobs_for(["tab3"], seeds, suite.preset):
-        done, path = suite.done(job), _path(suite, job.row.key, job.seed)
+        done = suite.done(job)
         if done is None:
             continue
-        key = f"{done['key']}-probes1"
-        old = read_result(path)
-        if old is not None and old["key"] == key:
-            continue
-        suite.say(f"tab3: probing the VFMs of {job.slug}")
-        torch.manual_seed(job.seed)
-        model = CoMPModel.from_pretrained(f"{done['run']}/model")
-        _write_json(path, {"key": key, "row": job.row.key, "seed": job.seed, "vfm": ROW_VFM[job.row.key],
-                           "probes": vfm_probes(model)})
+        kind = ROW_VFM[job.row.key]
+        todo = {f"{job.row.key}-s{job.seed}": (f"{done['key']}-probes1", "CoMP-trained"),
+                f"original-{kind}": (f"{_files_digest(TOY_VFM_PATHS[kind])[:20]}-probes1", "original toy VFM")}
+        for name, (key, which) in todo.items():
+            old = read_result(_path(suite, name))
+            if old is not None and old["key"] == key:
+                continue
+            suite.say(f"tab3: probing the {which} of {job.slug}")
+            torch.manual_seed(job.seed)
+            model = CoMPModel.from_pretrained(f"{done['run']}/model")
+            _write_json(_path(suite, name), {"key": key, "vfm": kind, "seed": job.seed,
+                                             "probes": vfm_probes(model, which=(which,))[which]})
 
 
 def tab3_data(suite: Suite, seeds: int) -> dict:
     rows = []
     for row in DERIVED["tab3"][1]:
-        res = [r for s in range(seeds) if (r := read_result(_path(suite, row, s))) is not None]
-        if not res:
-            continue
-        for who in ("original", "CoMP-trained"):
-            name = "original toy VFM" if who == "original" else "CoMP-trained"
-            entry = {"vfm": ROW_VFM[row], "model": who, "tab4_row": row, "seeds": len(res),
-                     "paper": PAPER[ROW_VFM[row]][who]}
+        kind = ROW_VFM[row]
+        trained = [r for s in range(seeds) if (r := read_result(_path(suite, f"{row}-s{s}"))) is not None]
+        original = read_result(_path(suite, f"original-{kind}"))
+        for who, res in (("original", [original] if original else []), ("CoMP-trained", trained)):
+            if not res:
+                continue
+            entry = {"vfm": kind, "model": who, "tab4_row": row, "seeds": len(res), "paper": PAPER[kind][who]}
             for probe, key in PROBES.items():
                 for res_label, i in (("own", 0), ("higher", 1)):
-                    vals = [list(r["probes"][name].values())[i][key] for r in res]
+                    vals = [list(r["probes"].values())[i][key] for r in res]
                     m = sum(vals) / len(vals)
                     se = math.sqrt(max(m * (1 - m), 0) / N_TEST) / math.sqrt(len(vals))
                     entry[f"{probe}_{res_label}"] = _interval(m, vals, se, (0.0, 1.0))
@@ -76,7 +82,8 @@ def tab3_markdown(data: dict, command: str, preset: str) -> str:
              f"`{command}` (preset `{preset}`). Toy probes in %, mean over seeds with a 95% interval; own = 64 px "
              "(the toy VFMs' pretraining size), higher = native ≤256 patches. Paper: ImageNet top-1 at 224 / 448 px "
              "(classification) and ADE20K mIoU at 504 / 672 px (segmentation), CoMP models from Stage II; the toy's "
-             "are the final models of Tab. 4 rows 8 (SigLIP-like) and 10 (vision-only).", "",
+             "are the final models of Tab. 4 rows 8 (SigLIP-like) and 10 (vision-only), one per seed; each original toy "
+             "VFM is probed once (it does not depend on a row's seed).", "",
              "| VFM | model | paper cls. own / high | toy attribute probe, own | higher | paper seg. own / high | "
              "toy segmentation mIoU, own | higher |", "|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
