@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                                 command="minicomp reproduce " + " ".join(argv[1:]))
         except ValueError as e:
             parser.exit(2, f"minicomp reproduce: error: {e}\n")
+        except RuntimeError as e:  # a run that failed: its log's tail; finished runs are kept, a rerun resumes
+            parser.exit(1, f"minicomp reproduce: {e}\nFinished runs are kept; the same command resumes.\n")
         for path in written:
             if path.suffix == ".md":
                 print(path.read_text())

@@ -218,3 +218,15 @@ def test_tab3_shows_each_original_once_and_the_trained_over_seeds(tmp_path):
     with pytest.raises(ValueError, match="unknown encoder"):
         from minicomp.assess import vfm_probes
         vfm_probes(None, which=("neither",))
+
+
+def test_a_failed_run_names_its_log_and_a_torn_result_is_rerun(tmp_path, monkeypatch):
+    suite = Suite(tmp_path, "smoke", procs=1, progress=False, say=lambda *a: None)
+    job = _jobs()[0]
+    suite.result_path(job).parent.mkdir(parents=True)
+    suite.result_path(job).write_text('{"key": "')  # torn: not served, planned again
+    assert suite.done(job) is None and [j.row.key for j, _ in suite.plan([job])] == ["a"]
+    bad = Table("pair", "bad", {**SMOKE, "data": {"qa": {"synthetic": 64, "task": "qa"}}},
+                (Row("a", "a", {"stages": {"III": {"lr": {"llm": 1e30}}}}),), "test")  # diverges: a NaN guard stop
+    with pytest.raises(RuntimeError, match=r"(?s)pair-a-s0: training failed .*train.log ends.*FloatingPointError"):
+        suite.run(_jobs(bad))

@@ -52,7 +52,7 @@ def run_probes(suite: Suite, seeds: int) -> None:
                 continue
             suite.say(f"tab3: probing the {which} of {job.slug}")
             torch.manual_seed(job.seed)
-            model = CoMPModel.from_pretrained(f"{done['run']}/model")
+            model = CoMPModel.from_pretrained(suite.out / done["run"] / "model")  # run: relative to out
             _write_json(_path(suite, name), {"key": key, "vfm": kind, "seed": job.seed,
                                              "probes": vfm_probes(model, which=(which,))[which]})
 

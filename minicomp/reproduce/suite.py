@@ -310,7 +310,8 @@ class Suite:
             shutil.rmtree(run / folder, ignore_errors=True)
         last = cfg.stages[-1].name
         return {"table": job.table.name, "row": job.row.key, "seed": job.seed, "key": self.key(job),
-                "preset": self.preset, "procs": procs, "run": str(run), "stage_minutes": meta["stage_minutes"],
+                "preset": self.preset, "procs": procs, "run": str(run.relative_to(self.out)),
+                "stage_minutes": meta["stage_minutes"],
                 "final": _compact(meta["evals"][last]),
                 "stages": {s: {"accuracy": e["accuracy"], "blank_accuracy": e["blank"]["accuracy"]}
                            for s, e in meta["evals"].items()},
