@@ -202,8 +202,9 @@ class Suite:
         self.shared = self.shared_prefixes(jobs)
         todo = self.plan(jobs)
         total = sum(s for _, s in todo)
-        self.say(f"{len(jobs)} runs: {len(jobs) - len(todo)} done or cached, {len(todo)} to train "
-                 f"({total:,} optimiser steps; the rest shared from cached stages)")
+        shared = sum(s.steps for j, _ in todo for s in j.cfg.stages) - total
+        self.say(f"{len(jobs)} runs: {len(jobs) - len(todo)} done, {len(todo)} to train: {total:,} optimiser steps"
+                 + (f" ({shared:,} more are stages shared with other rows, trained once)" if shared else ""))
         bar = tqdm(total=total, unit="step", desc="reproduce", disable=not self.progress, smoothing=0)
         try:
             for i, (job, steps) in enumerate(todo):

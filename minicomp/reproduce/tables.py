@@ -182,17 +182,17 @@ def plot_table(data: dict):
     ax_toy, ax_paper = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     ys = list(range(len(rows)))[::-1]
     for y, r in zip(ys, rows):
-        for key, colour, dy, label in (("all", "C0", 0.15, "real images"), ("blank", "C7", -0.15, "blank images")):
+        for key, colour, dy in (("all", "C0", 0.15), ("blank", "C7", -0.15)):
             x = r["toy"]["all"] if key == "all" else r["blank"]
             if x is not None:
                 ax_toy.errorbar(x["mean"] * 100, y + dy, xerr=[[100 * (x["mean"] - x["lo"])], [100 * (x["hi"] - x["mean"])]],
-                                fmt="o", color=colour, capsize=3, label=label if y == ys[0] else None)
+                                fmt="o", color=colour, capsize=3)
         m = _paper_mean(r["paper"])
         if m is not None:
             ax_paper.barh(y, m, color="C1")
     ax_toy.set_yticks(ys, [f"{r['row']}: {r['label'][:38]}" for r in rows], fontsize=8)
-    ax_toy.set(xlabel="toy exact match, all questions (%)", title="the toy (mean, 95% interval)")
-    ax_toy.legend(fontsize=8, loc="lower right")
+    ax_toy.set(xlabel="toy exact match, all questions (%): blue real images, grey blank",
+               title="the toy (mean, 95% interval)")
     ax_paper.set(xlabel="mean of AI2D, ChartQA, DocVQA", title="the paper")
     fig.suptitle(data["title"], fontsize=10)
     fig.tight_layout()
