@@ -6,7 +6,7 @@ import pytest
 
 from minicomp.config import config_differences
 from minicomp.reproduce import list_rows
-from minicomp.reproduce.rows import TABLES, Row, Table, Times, chain, dotted, row_config
+from minicomp.reproduce.rows import TABLES, Row, Table, chain, dotted, row_config
 from minicomp.reproduce.suite import Job, Suite
 from minicomp.reproduce.tables import accuracy, difference, direction, table_data, to_markdown
 from minicomp.stats import student_t_quantile, wilson

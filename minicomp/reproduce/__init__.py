@@ -50,7 +50,7 @@ def write_outputs(names: list[str], suite: Suite, seeds: int, command: str) -> l
             if r is not None:
                 results.setdefault(job.row.key, []).append(r)
         if name == "fig3":
-            data, md, fig = fig3_data(results), None, None
+            data = fig3_data(results)
             md, fig = fig3_markdown(data, command, suite.preset), plot_fig3(data)
         elif name == "tab3":
             from .probes import tab3_data, tab3_markdown

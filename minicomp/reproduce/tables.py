@@ -21,7 +21,7 @@ import statistics
 
 from ..data.synthetic import READING
 from ..stats import student_t_quantile, wilson
-from .rows import BENCHMARKS, DERIVED, TABLES, TOY_FAMILY, Table
+from .rows import BENCHMARKS, DERIVED, TOY_FAMILY, Table
 
 METRICS = ("all", "reading", *(TOY_FAMILY[b] for b in BENCHMARKS))
 TEXT_RICH = ("ChartQA", "DocVQA")  # the paper's text-rich pair, against the toy's reading kinds
@@ -129,7 +129,7 @@ def table_data(table: Table, results: dict[str, list[dict]]) -> dict:
     return {"table": table.name, "title": table.title, "mapping": table.mapping, "rows": rows}
 
 
-def _ci(x: dict | None, pct: bool = True, signed: bool = False) -> str:
+def _ci(x: dict | None, signed: bool = False) -> str:
     if x is None:
         return "—"
     f = (lambda v: f"{100 * v:+.1f}") if signed else (lambda v: f"{100 * v:.1f}")
@@ -255,6 +255,3 @@ def fig3_markdown(data: dict, command: str, preset: str) -> str:
         lines.append("")
     return "\n".join(lines)
 
-
-def table_names() -> tuple[str, ...]:
-    return (*TABLES, *DERIVED)
