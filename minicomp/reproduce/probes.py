@@ -37,7 +37,7 @@ def run_probes(suite: Suite, seeds: int) -> None:
     from ..assess import vfm_probes
     from ..model import CoMPModel
     from ..toy import TOY_VFM_PATHS
-    from .suite import _files_digest
+    from .keys import _files_digest
 
     for job in jobs_for(["tab3"], seeds, suite.preset):
         done = suite.done(job)

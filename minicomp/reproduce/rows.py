@@ -70,7 +70,7 @@ def _stages(**per_stage) -> dict:
 
 
 def _every(keys: tuple[str, ...], value: dict) -> dict:
-    return _stages(**{k.replace("-", "_"): dict(value) for k in keys})
+    return {"stages": {k: dict(value) for k in keys}}
 
 
 def _join(*changes: dict) -> dict:

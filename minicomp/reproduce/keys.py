@@ -1,0 +1,55 @@
+"""What decides a reproduce result, as a key: the resolved config (all but what is only logged or
+kept), the local model files' contents (not where they lie) and the process count."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .. import __version__
+from ..config import TrainConfig
+
+UNKEYED = ("name", "log_every", "save_every", "keep_checkpoints", "num_workers")  # never change a number
+
+
+def _files_digest(path: Path) -> str:
+    """The contents of a local model folder (or file); a hub name stands for itself."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            if f.stat().st_size <= 64 << 20:
+                h.update(fh.read())
+            else:  # a large checkpoint: its size, head and tail
+                h.update(str(f.stat().st_size).encode() + fh.read(1 << 20))
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+_DIGESTS: dict[str, str] = {}
+
+
+def models_digest(cfg: TrainConfig) -> dict:
+    out = {}
+    for part in ("vision", "llm"):
+        spec = str(cfg.model.get(part, ""))
+        if spec not in _DIGESTS:
+            _DIGESTS[spec] = _files_digest(Path(spec)) if Path(spec).exists() else spec
+        out[part] = _DIGESTS[spec]
+    return out
+
+
+def config_key(cfg: TrainConfig, procs: int, upto: int | None = None) -> str:
+    """A hash of everything that decides the weights and numbers of `cfg` through stage `upto`
+    (default: all stages, i.e. the whole result)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in UNKEYED}
+    for part in ("vision", "llm"):  # a local folder is keyed by its contents (models_digest), not by where it lies
+        if Path(str(d["model"].get(part, ""))).exists():
+            d["model"][part] = "local"
+    if upto is not None:
+        d["stages"] = d["stages"][:upto + 1]
+    blob = {"config": d, "models": models_digest(cfg), "procs": procs, "minicomp": __version__}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
