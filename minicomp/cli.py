@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -77,9 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     idx.add_argument("--workers", type=int, default=None, help="validating processes (default: the cores, at most 8)")
     idx.add_argument("--strict", action="store_true", help="stop at the first bad record, naming it")
     idx.add_argument("--force", action="store_true", help="overwrite an existing index folder")
-    conv = sub.add_parser("convert", help="convert the authors' released CoMP-SigLIP / CoMP-DINOv2 into a CRoPEViT folder")
+    conv = sub.add_parser("convert", help="convert the authors' released CoMP-SigLIP / CoMP-DINOv2 into a CRoPEViT "
+                                          "folder, or a whole CoMP-MM model into a CoMPModel folder")
     conv.add_argument("src", help="their checkpoint folder (config.json + *.safetensors or pytorch_model*.bin)")
-    conv.add_argument("out", help="output folder: timm config.json + model.safetensors, crope.json, merger.*")
+    conv.add_argument("out", help="output folder: a VFM (timm config.json + model.safetensors, crope.json, merger.*) "
+                                  "or, for CoMP-MM, a CoMPModel folder (minicomp ask / CoMPModel.from_pretrained)")
+    conv.add_argument("--vision-config", default=None,
+                      help="CoMP-MM only: the folder of the VFM its config.json names as custom_visual_model "
+                           "(its config.json describes the vision tower)")
     conv.add_argument("--layout", choices=("comp-siglip", "comp-dinov2"), default=None,
                       help="the key layout (default: detected from the keys)")
     conv.add_argument("--force", action="store_true", help="overwrite an existing output folder")
@@ -141,6 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         from .convert import convert, read_checkpoint, save
         if Path(args.out).exists() and not args.force:
             parser.exit(2, f"minicomp convert: error: {args.out} exists; pass --force to overwrite it\n")
+        src_config = Path(args.src) / "config.json"
+        if src_config.is_file() and "vocab_size" in json.loads(src_config.read_text()):  # an LLM: a whole CoMP-MM
+            from .convert_mm import convert_comp_mm
+            try:
+                model = convert_comp_mm(args.src, args.vision_config)
+            except (FileNotFoundError, ValueError) as e:
+                parser.exit(2, f"minicomp convert: error: {e}\n")
+            model.save_pretrained(args.out)
+            n = sum(p.numel() for p in model.parameters())
+            print(f"converted {args.src} -> {args.out}: CoMPModel {n / 1e6:.1f}M parameters (positions "
+                  f"{model.config.positions}, vocabulary {model.llm.get_input_embeddings().num_embeddings:,})")
+            return 0
         try:
             enc, merger = convert(*read_checkpoint(args.src), layout=args.layout)
         except (FileNotFoundError, ValueError) as e:

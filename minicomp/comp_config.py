@@ -6,6 +6,8 @@ from dataclasses import dataclass, fields
 
 from .align import MODES, VARIANTS
 from .data.processor import ALIGN_TEXTS
+from .data.tokenize import ImageText
+from .positions import RULES
 
 # W of Eq. 8. The paper says word embeddings; the authors' code scores against lm_head.weight. The
 # two are one matrix in a tied LLM (Qwen2.5-0.5B), two in an untied one (Qwen2.5-7B).
@@ -40,8 +42,15 @@ class CoMPConfig:
     prototypes: str = "output"  # W of Eq. 8: "output" (lm_head, as the authors' code) or "input" (the paper's word embeddings)
     # LLM input without padding (minicomp.seqpack): the same losses, fewer token slots
     pack_sequences: bool = True
-    # the LLM's id of the image placeholder; None: the tokenizer's "<image>" (added if missing)
+    # the LLM's id of the image placeholder; None: the tokenizer's id of `image_token` (added if missing)
     image_token_id: int | None = None
+    # how an image is written in the text (data.ImageText) and where its tokens sit (minicomp.positions):
+    # LLaVA's "<image>\n" and 1-D positions by default; the authors' CoMP-MM: Qwen2-VL's
+    # "<|vision_start|>" + "<|image_pad|>"… + "<|vision_end|>" and M-RoPE ("mrope")
+    image_token: str = "<image>"
+    image_prefix: str = ""
+    image_suffix: str = "\n"
+    positions: str = "1d"
 
     def __post_init__(self):
         for key, low, open_ in (("alpha", 0.0, False), ("eps", 0.0, True), ("temp", 0.0, True), ("rope_theta", 0.0, True)):
@@ -59,8 +68,16 @@ class CoMPConfig:
             raise ValueError(f"variant={self.variant!r}, expected one of {VARIANTS}")
         if self.align_text not in ALIGN_TEXTS:
             raise ValueError(f"model.align_text={self.align_text!r}, expected one of {ALIGN_TEXTS}")
+        if self.positions not in RULES:
+            raise ValueError(f"model.positions={self.positions!r}, expected one of {RULES}")
+        if not self.image_token:
+            raise ValueError("model.image_token: expected the placeholder token's text, got an empty string")
         if self.prototypes not in PROTOTYPES:
             raise ValueError(f"model.prototypes={self.prototypes!r}, expected one of {PROTOTYPES}")
+
+    @property
+    def image_text(self) -> ImageText:
+        return ImageText(self.image_token, self.image_prefix, self.image_suffix)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CoMPConfig":

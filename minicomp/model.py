@@ -20,7 +20,8 @@ import timm
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from .align import alignment_loss, masked_mean, pool_packed, word_prior
 from .comp_config import CoMPConfig
@@ -28,11 +29,12 @@ from .convert import load_merger
 from .data.collate import Batch
 from .data.processor import Processor
 from .data.resize import resize_fixed, resize_to_budget, to_tensor
-from .data.tokenize import IGNORE, IMAGE_TOKEN, encode_prompt
+from .data.tokenize import IGNORE, encode_prompt
 from .known_llms import IMAGE_TOKEN_IDS, llm_config
 from .progress import no_progress_bars, small_local_model
 from .merger import PatchMerger
 from .packed import Packed
+from .positions import check_rule, generation_inputs, position_ids
 from .seqpack import RowPacking
 from .toy.tokenizer import CHAT_TEMPLATE
 from .vision import CRoPEViT
@@ -65,11 +67,25 @@ def _load_vision(spec: str, pretrained: bool, cfg: CoMPConfig) -> CRoPEViT:
     return CRoPEViT.from_timm(vit, **kw)
 
 
-def _prepare_tokenizer(tokenizer, llm: nn.Module):
-    """Add `<image>` (and a pad token) where missing; grow the LLM's embeddings if needed."""
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-        log.info("added %s to the tokenizer", IMAGE_TOKEN)
+def load_llm(path: str | os.PathLike) -> nn.Module:
+    """A causal LM from a folder or id, fp32: `AutoModelForCausalLM`, or for a vision-language family
+    whose decoder transformers builds only with its head for images (Qwen2-VL: M-RoPE),
+    `AutoModelForImageTextToText` (its own vision tower is never called)."""
+    auto = AutoModelForCausalLM if type(AutoConfig.from_pretrained(path)) in MODEL_FOR_CAUSAL_LM_MAPPING \
+        else AutoModelForImageTextToText
+    with no_progress_bars(small_local_model(path)):
+        return auto.from_pretrained(path, dtype=torch.float32)
+
+
+def llm_width(llm: nn.Module) -> int:
+    return llm.get_input_embeddings().embedding_dim
+
+
+def _prepare_tokenizer(tokenizer, llm: nn.Module, image_token: str):
+    """Add the image placeholder (and a pad token) where missing; grow the LLM's embeddings if needed."""
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+        log.info("added %s to the tokenizer", image_token)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -94,14 +110,15 @@ class CoMPModel(nn.Module):
                 raise ValueError(f"{type(llm).__name__} scales its logits ({attr}); not supported")
         self.vision, self.llm, self.tokenizer = vision, llm, tokenizer
         if tokenizer is not None:
-            _prepare_tokenizer(tokenizer, llm)
-            self.config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+            _prepare_tokenizer(tokenizer, llm, self.config.image_token)
+            self.config.image_token_id = tokenizer.convert_tokens_to_ids(self.config.image_token)
         if self.config.image_token_id is None:
             raise ValueError("no tokenizer and no config.image_token_id: the image placeholder id is unknown")
-        self.merger = merger or PatchMerger(vision.embed_dim, llm.config.hidden_size, self.config.merge)
-        if (self.merger.vision_dim, self.merger.llm_dim) != (vision.embed_dim, llm.config.hidden_size):
+        check_rule(self.config.positions, llm, self.config.merge)
+        self.merger = merger or PatchMerger(vision.embed_dim, llm_width(llm), self.config.merge)
+        if (self.merger.vision_dim, self.merger.llm_dim) != (vision.embed_dim, llm_width(llm)):
             raise ValueError(f"merger maps {self.merger.vision_dim} -> {self.merger.llm_dim}, but the vision width "
-                             f"is {vision.embed_dim} and the LLM width {llm.config.hidden_size}")
+                             f"is {vision.embed_dim} and the LLM width {llm_width(llm)}")
         self.register_buffer("word_prior", None)  # (K,) the prototype marginal u_W of Eq. 9; None: uniform
         self.prototypes = None  # the "learnable" variant's own prototypes (Tab. 5b)
         if self.config.variant == "learnable":
@@ -119,8 +136,7 @@ class CoMPModel(nn.Module):
         cfg = CoMPConfig.from_dict({**config, **{k: v for k, v in (("vision", vision), ("llm", llm)) if v}})
         enc = _load_vision(cfg.vision, pretrained, cfg)
         if pretrained:
-            with no_progress_bars(small_local_model(cfg.llm)):
-                lm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=torch.float32)
+            lm = load_llm(cfg.llm)
         else:
             lm = AutoModelForCausalLM.from_config(llm_config(cfg.llm))
         has_tok = pretrained or (Path(cfg.llm) / "tokenizer_config.json").is_file()
@@ -128,9 +144,9 @@ class CoMPModel(nn.Module):
         if tok is None and cfg.image_token_id is None:
             cfg.image_token_id = IMAGE_TOKEN_IDS.get(cfg.llm)
         merger = load_merger(cfg.vision) if Path(cfg.vision).is_dir() else None  # `minicomp convert` saves theirs
-        if merger is not None and (merger.llm_dim, merger.merge) != (lm.config.hidden_size, cfg.merge):
+        if merger is not None and (merger.llm_dim, merger.merge) != (llm_width(lm), cfg.merge):
             log.warning("the merger beside %s maps to width %d (merge %d), not this LLM's %d (merge %d): a new "
-                        "merger is used", cfg.vision, merger.llm_dim, merger.merge, lm.config.hidden_size, cfg.merge)
+                        "merger is used", cfg.vision, merger.llm_dim, merger.merge, llm_width(lm), cfg.merge)
             merger = None
         return cls(enc, lm, tok, cfg, merger)
 
@@ -153,7 +169,7 @@ class CoMPModel(nn.Module):
         return Processor(self.tokenizer, patch=self.vision.patch_size, merge=self.config.merge,
                          fixed_size=fixed_size, min_tokens=min_tokens, max_tokens=max_tokens, max_length=max_length,
                          mean=tuple(cfg.get("mean", (0.5,) * 3)), std=tuple(cfg.get("std", (0.5,) * 3)),
-                         align_text=self.config.align_text)
+                         align_text=self.config.align_text, image=self.config.image_text)
 
     def encode_images(self, images: list[torch.Tensor]) -> Packed:
         """list of (3, H_i, W_i) -> merged visual tokens in the LLM's width, `Packed` (grids halved)."""
@@ -195,20 +211,25 @@ class CoMPModel(nn.Module):
         # (n, V) logits a chunk of rows at a time (minicomp.xent): at 32K tokens × 151,936 words they are 20 GB
         return chunked_cross_entropy(hidden[:, :-1][sel], head.weight, target[sel], head.bias, cap), n
 
-    def decoder(self, mask: torch.Tensor, **inputs) -> tuple[torch.Tensor, RowPacking | None]:
+    def decoder(self, mask: torch.Tensor, position_ids: torch.Tensor | None = None, **inputs
+                ) -> tuple[torch.Tensor, RowPacking | None]:
         """The LLM's decoder (`llm.base_model`) on right-padded rows: `input_ids` or `inputs_embeds`
         (B, L, …) and their mask (B, L). With config.pack_sequences, and when it saves rows, the
         sequences are repacked without padding (minicomp.seqpack): hidden states (R, Lp, D) and the
         RowPacking; else (B, L, D) and None. Under flash-attention-2 everything goes in one row
-        (its varlen kernel); under SDPA or eager, rows stay at most L long (a dense mask costs Lp²)."""
+        (its varlen kernel); under SDPA or eager, rows stay at most L long (a dense mask costs Lp²).
+        position_ids: None (the LLM counts) or (3, B, L) M-RoPE positions (minicomp.positions)."""
         if self.config.pack_sequences:
             one_row = getattr(self.llm.config, "_attn_implementation", None) == "flash_attention_2"
             rows = RowPacking.from_mask(mask, capacity=int(mask.sum()) if one_row else None)
             if rows.src.shape[0] < mask.shape[0]:
                 packed = {k: rows.pack(v) for k, v in inputs.items()}  # (R, Lp, …)
-                return self.llm.base_model(**packed, position_ids=rows.position_ids,
-                                           use_cache=False).last_hidden_state, rows
-        return self.llm.base_model(**inputs, attention_mask=mask, use_cache=False).last_hidden_state, None
+                pos = rows.position_ids  # (R, Lp): each sequence from 0, which marks where it starts
+                if position_ids is not None:  # (3, B, L) -> (3, R, Lp), after the sequence starts: (4, R, Lp)
+                    pos = torch.cat([pos[None], rows.pack(position_ids.permute(1, 2, 0)).permute(2, 0, 1)])
+                return self.llm.base_model(**packed, position_ids=pos, use_cache=False).last_hidden_state, rows
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        return self.llm.base_model(**inputs, attention_mask=mask, use_cache=False, **extra).last_hidden_state, None
 
     def text_features(self, align_ids: torch.Tensor, align_mask: torch.Tensor) -> torch.Tensor:
         """F_t of Eq. 7: the LLM's last hidden states of the caption alone, mean-pooled, no gradient."""
@@ -244,13 +265,20 @@ class CoMPModel(nn.Module):
         if batch.input_ids.numel() == 0:
             raise ValueError("empty batch: no samples or no tokens")
         embeds, merged = self.embed(batch.input_ids, batch.images, batch.image_index, batch.ids)
-        hidden, rows = self.decoder(batch.attention_mask, inputs_embeds=embeds)  # (B, L, D) or (R, Lp, D)
+        pos = self.position_ids(batch.input_ids, batch.attention_mask, merged)
+        hidden, rows = self.decoder(batch.attention_mask, pos, inputs_embeds=embeds)  # (B, L, D) or (R, Lp, D)
         loss_dec, n = self.decoding_loss(hidden, batch.labels if rows is None else rows.labels(batch.labels, IGNORE))
         if self.config.align and merged is not None:
             loss_align = self.align_loss(merged, batch)
         else:
             loss_align = loss_dec.new_zeros(())
         return CoMPOutput(loss_dec + self.config.alpha * loss_align, loss_dec, loss_align, n)
+
+    def position_ids(self, input_ids: torch.Tensor, mask: torch.Tensor, merged: Packed | None) -> torch.Tensor | None:
+        """The rule of `config.positions` (minicomp.positions): None, or (3, B, L) M-RoPE positions."""
+        c = self.config
+        return position_ids(c.positions, self.llm, input_ids, mask, c.image_token_id,
+                            None if merged is None else merged.grid_hw, c.merge)
 
     def set_word_prior(self, counts: torch.Tensor, rule: str = "frequency") -> None:
         """Set u_W (Eq. 9) from token counts (K,) of the Stage-II captions (`minicomp prior`)."""
@@ -281,18 +309,20 @@ class CoMPModel(nn.Module):
                                                                                          4, max_tokens)
                 pixels.append(to_tensor(img, cfg["mean"], cfg["std"]).to(device))
                 n = (img.height // f) * (img.width // f)
-            rows.append(encode_prompt(self.tokenizer, prompt, n))
+            rows.append(encode_prompt(self.tokenizer, prompt, n, self.config.image_text))
         L = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (L - len(r)) + r for r in rows], device=device)  # (B, L), left-padded
         mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows], device=device)
         index = torch.tensor([i for i, img in enumerate(images) if img is not None], device=device, dtype=torch.long)
-        embeds, _ = self.embed(ids, pixels, index)
+        embeds, merged = self.embed(ids, pixels, index)
+        where = generation_inputs(self.config.positions, ids, self.config.image_token_id,
+                                  None if merged is None else merged.grid_hw, self.config.merge)
         stop = [t for t in {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
                 if isinstance(t, int) and t >= 0 and t != self.tokenizer.unk_token_id]
         kw = dict(max_new_tokens=32, do_sample=False, eos_token_id=stop, pad_token_id=pad)
-        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **{**kw, **gen_kwargs})  # new tokens only
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        out = self.llm.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask, **where, **{**kw, **gen_kwargs})
+        return [t.strip() for t in self.tokenizer.batch_decode(out[:, L:], skip_special_tokens=True)]  # new tokens
 
     # ---- saving -----------------------------------------------------------------------------
     def export_vision(self, path: str | os.PathLike) -> None:
@@ -333,10 +363,9 @@ class CoMPModel(nn.Module):
             raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a folder written by CoMPModel.save_pretrained")
         cfg = CoMPConfig.from_dict({**json.loads((path / CONFIG_FILE).read_text()), **overrides})
         enc = CRoPEViT.from_pretrained(path / "vision", attn_backend=cfg.attn_backend)
-        with no_progress_bars(small_local_model(path / "llm")):
-            lm = AutoModelForCausalLM.from_pretrained(path / "llm", dtype=torch.float32)
+        lm = load_llm(path / "llm")
         tok = AutoTokenizer.from_pretrained(path / "llm") if (path / "llm" / "tokenizer_config.json").is_file() else None
-        merger = PatchMerger(enc.embed_dim, lm.config.hidden_size, cfg.merge)
+        merger = PatchMerger(enc.embed_dim, llm_width(lm), cfg.merge)
         merger.load_state_dict(load_file(path / "merger.safetensors"))
         model = cls(enc, lm, tok, cfg, merger)
         if (path / "extra.safetensors").is_file():

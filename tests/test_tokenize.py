@@ -119,3 +119,23 @@ def test_prior_counts_from_the_cli(tok, tmp_path):
     assert u.shape == (len(tok),) and u.argmax() == counts.argmax()
     assert main(["prior", "--tokenizer", str(tok_dir), "--synthetic", "20", "--out", str(tmp_path / "s.safetensors")]) == 0
     assert load_counts(tmp_path / "s.safetensors").sum() > 100
+
+
+def test_image_text_writes_qwen2_vl_markers_and_the_default_is_llava(tok):
+    """data.ImageText: LLaVA's `<image>` + newline by default (the data's own text); the authors'
+    Qwen2-VL form puts the image tokens between vision start and end, with no newline after."""
+    tok = AutoTokenizer.from_pretrained(tok.name_or_path)
+    tok.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"]})
+    vs, pad, ve, image = tok.convert_tokens_to_ids(["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<image>"])
+    qwen = d.ImageText("<|image_pad|>", "<|vision_start|>", "<|vision_end|>")
+    assert d.ImageText().wrap(CONV[0]["value"]) == CONV[0]["value"]
+    assert qwen.wrap(CONV[0]["value"]) == "<|vision_start|><|image_pad|><|vision_end|>What is on line 2?"
+    e = d.encode_conversation(tok, CONV, n_image_tokens=5, image=qwen)
+    i = e["input_ids"].index(vs)
+    assert e["input_ids"][i:i + 7] == [vs] + [pad] * 5 + [ve] and image not in e["input_ids"]
+    assert tok.decode(e["input_ids"][i + 7:i + 9]) == "What is"  # no newline after the image
+    p = d.encode_prompt(tok, "What is on line 2?", 5, qwen)
+    assert p.count(pad) == 5 and p[p.index(pad) - 1] == vs and p[p.index(pad) + 5] == ve
+    assert d.encode_prompt(tok, "What is on line 2?", 5) == d.encode_prompt(tok, "What is on line 2?", 5, d.ImageText())
+    with pytest.raises(ValueError, match="placeholders"):  # the data's placeholder is missing
+        d.encode_conversation(tok, CONV[2:], n_image_tokens=5, image=qwen)

@@ -5,8 +5,8 @@ from .llava import BadRecord, LlavaDataset
 from .processor import Processor, merged_tokens
 from .resize import budget_size, resize_fixed, resize_to_budget, to_tensor
 from .synthetic import FAMILIES, Sample, SyntheticDataset, make_sample
-from .tokenize import IGNORE, IMAGE_TOKEN, TooLong, encode_alignment_text, encode_conversation, encode_prompt
+from .tokenize import IGNORE, IMAGE_TOKEN, ImageText, TooLong, encode_alignment_text, encode_conversation, encode_prompt
 
-__all__ = ["FAMILIES", "IGNORE", "IMAGE_TOKEN", "encode_prompt", "Batch", "Processor", "TooLong", "collate", "encode_alignment_text",
+__all__ = ["FAMILIES", "IGNORE", "IMAGE_TOKEN", "ImageText", "encode_prompt", "Batch", "Processor", "TooLong", "collate", "encode_alignment_text",
            "encode_conversation", "merged_tokens", "BadImage", "BadRecord", "LlavaDataset", "Sample", "SyntheticDataset", "load_image", "to_rgb", "budget_size", "make_sample", "resize_fixed",
            "resize_to_budget", "to_tensor"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .resize import budget_size, resize_fixed, resize_to_budget, to_tensor
 from .synthetic import Sample
-from .tokenize import encode_alignment_text, encode_conversation
+from .tokenize import LLAVA, ImageText, encode_alignment_text, encode_conversation
 
 ALIGN_TEXTS = ("caption", "shuffled_answers")
 
@@ -29,6 +29,7 @@ class Processor:
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.5, 0.5, 0.5)
     align_text: str = "caption"
+    image: ImageText = LLAVA  # how an image is written in the text
 
     def __post_init__(self):
         if self.align_text not in ALIGN_TEXTS:
@@ -46,7 +47,7 @@ class Processor:
             pixels = to_tensor(img, self.mean, self.std)
             f = self.patch * self.merge
             n_tokens = (img.height // f) * (img.width // f)  # tokens after the 2×2 merger
-        enc = encode_conversation(self.tokenizer, sample.conversations, n_tokens, self.max_length)
+        enc = encode_conversation(self.tokenizer, sample.conversations, n_tokens, self.max_length, self.image)
         return {"pixels": pixels, **enc, "align_ids": encode_alignment_text(self.tokenizer, self.alignment_text(sample),
                                                                               self.max_length),
                 "id": sample.meta.get("id")}
