@@ -7,6 +7,7 @@ its output embedding (`lm_head`) is applied only where a label is supervised.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -120,6 +121,7 @@ class CoMPModel(nn.Module):
             raise ValueError(f"merger maps {self.merger.vision_dim} -> {self.merger.llm_dim}, but the vision width "
                              f"is {vision.embed_dim} and the LLM width {llm_width(llm)}")
         self.register_buffer("word_prior", None)  # (K,) the prototype marginal u_W of Eq. 9; None: uniform
+        self.uniform_calls = False  # set by minicomp.shard: every rank calls the same sharded modules (FSDP2)
         self.prototypes = None  # the "learnable" variant's own prototypes (Tab. 5b)
         if self.config.variant == "learnable":
             self.prototypes = nn.Parameter(self.word_embeddings().detach().clone())
@@ -265,6 +267,7 @@ class CoMPModel(nn.Module):
         if batch.input_ids.numel() == 0:
             raise ValueError("empty batch: no samples or no tokens")
         embeds, merged = self.embed(batch.input_ids, batch.images, batch.image_index, batch.ids)
+        blank = self._blank_image(embeds.device) if self.uniform_calls and merged is None else None
         pos = self.position_ids(batch.input_ids, batch.attention_mask, merged)
         hidden, rows = self.decoder(batch.attention_mask, pos, inputs_embeds=embeds)  # (B, L, D) or (R, Lp, D)
         loss_dec, n = self.decoding_loss(hidden, batch.labels if rows is None else rows.labels(batch.labels, IGNORE))
@@ -272,7 +275,20 @@ class CoMPModel(nn.Module):
             loss_align = self.align_loss(merged, batch)
         else:
             loss_align = loss_dec.new_zeros(())
-        return CoMPOutput(loss_dec + self.config.alpha * loss_align, loss_dec, loss_align, n)
+        loss = loss_dec + self.config.alpha * loss_align
+        if blank is not None:  # weighted 0: the same calls as on the ranks with images, no number changed
+            extra = blank.tokens.sum()
+            if self.config.align:
+                extra = extra + self.align_loss(blank, dataclasses.replace(batch, image_index=torch.zeros(1).long()))
+            loss = loss + 0.0 * extra.nan_to_num(0.0, 0.0, 0.0)
+        return CoMPOutput(loss, loss_dec, loss_align, n)
+
+    def _blank_image(self, device: torch.device) -> Packed:
+        """A text-only batch under FSDP2: the image path runs on one blank image, at the point where
+        the ranks with images run it, so that every rank gathers and reduces the same shards in the
+        same order (else the collectives mismatch and the job aborts or hangs)."""
+        f = self.vision.patch_size * self.config.merge
+        return self.encode_images([torch.zeros(3, f, f, device=device)])  # one merged token
 
     def position_ids(self, input_ids: torch.Tensor, mask: torch.Tensor, merged: Packed | None) -> torch.Tensor | None:
         """The rule of `config.positions` (minicomp.positions): None, or (3, B, L) M-RoPE positions."""
