@@ -50,7 +50,7 @@ def build_llm(config: dict, merge: int) -> nn.Module:
     section = (config.get("rope_scaling") or {}).get("mrope_section")
     if missing or section is None:
         raise ValueError(f"config.json is not a CoMP-MM LLM config: missing {missing + ([] if section else ['rope_scaling.mrope_section'])}")
-    text = {k: config[k] for k in _TEXT_KEYS if k in config}
+    text = {"bos_token_id": None, "eos_token_id": None, **{k: config[k] for k in _TEXT_KEYS if k in config}}
     head_dim = config["hidden_size"] // config["num_attention_heads"]
     if 2 * sum(section) != head_dim:
         raise ValueError(f"rope_scaling.mrope_section {section} covers {2 * sum(section)} of the head's {head_dim} dims")
