@@ -41,6 +41,8 @@ class TrainConfig:
     eval_samples: int = 0  # held-out toy questions asked after each stage (0: no evaluation)
     eval_max_new_tokens: int = 6  # answers are one to three tokens
     eval_budgets: list[int] = field(default_factory=list)  # native token budgets the final model is also asked at
+    eval_stages: str = "all"  # evaluate after "all" stages, or the "last" only (minicomp reproduce reads the final model)
+    eval_sweep: bool = True  # the final model also at every stage's resolution and each of eval_budgets
     num_workers: int = 0
     strict_data: bool = False  # a bad record raises, naming it, instead of being counted and skipped
 
@@ -96,6 +98,10 @@ def _check_ranges(cfg: "TrainConfig") -> None:
         raise ValueError(f"eval_budgets: expected a list of token budgets, got {cfg.eval_budgets!r}")
     for i, b in enumerate(cfg.eval_budgets):
         number(f"eval_budgets[{i}]", b, 1, integer=True)
+    if cfg.eval_stages not in ("all", "last"):
+        raise ValueError(f"eval_stages: expected 'all' or 'last', got {cfg.eval_stages!r}")
+    if not isinstance(cfg.eval_sweep, bool):
+        raise ValueError(f"eval_sweep: expected true or false, got {cfg.eval_sweep!r}")
     from .align import PRIOR_RULES
     if cfg.word_prior_rule not in PRIOR_RULES:
         raise ValueError(f"word_prior_rule: expected one of {PRIOR_RULES}, got {cfg.word_prior_rule!r}")
@@ -106,7 +112,7 @@ def _check_ranges(cfg: "TrainConfig") -> None:
 # fields that `--resume --force` may change: they decide what is logged, kept or measured, never
 # what is trained (any other difference from the saved config.json refuses the resume)
 RESUME_SAFE = ("name", "log_every", "save_every", "keep_checkpoints", "eval_samples", "eval_max_new_tokens",
-               "eval_budgets", "num_workers", "strict_data")
+               "eval_budgets", "eval_stages", "eval_sweep", "num_workers", "strict_data")
 
 
 def config_differences(saved: dict, new: dict, path: str = "") -> list[str]:

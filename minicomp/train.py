@@ -180,7 +180,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                     bar.close()  # its rate is the training steps' alone
                     meta["stage_minutes"][stage.name] = meta["stage_minutes"].get(stage.name, 0) + (time.time() - t_stage) / 60
                     meta["stage_index"], meta["step"] = si + 1, 0
-                    if cfg.eval_samples and main:
+                    if cfg.eval_samples and main and (cfg.eval_stages == "all" or si == len(cfg.stages) - 1):
                         with _all_cores(accelerator):
                             meta["evals"][stage.name] = _evaluate(model, stage, cfg)
                         ev = meta["evals"][stage.name]
@@ -205,7 +205,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                 return meta
         bar.close()
     if main:
-        if cfg.eval_samples:  # the final model at every stage's resolution and every budget of eval_budgets:
+        if cfg.eval_samples and cfg.eval_sweep:  # the final model at every stage's resolution and every budget of eval_budgets:
             sizes = {stage_mode(s): _size(s) for s in cfg.stages}  # what resolution alone changes
             sizes.update({f"native ≤{b} tokens": {"max_tokens": b} for b in cfg.eval_budgets})
             sizes = dict(sorted(sizes.items(), key=lambda kv: ("max_tokens" in kv[1], *kv[1].values())))  # squares,

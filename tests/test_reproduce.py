@@ -7,6 +7,7 @@ import pytest
 from minicomp.config import config_differences
 from minicomp.reproduce import list_rows
 from minicomp.reproduce.rows import TABLES, Row, Table, chain, dotted, row_config
+import minicomp.reproduce.suite as suite_mod
 from minicomp.reproduce.suite import Job, Suite
 from minicomp.reproduce.tables import accuracy, difference, direction, table_data, to_markdown
 from minicomp.stats import student_t_quantile, wilson
@@ -230,3 +231,30 @@ def test_a_failed_run_names_its_log_and_a_torn_result_is_rerun(tmp_path, monkeyp
                 (Row("a", "a", {"stages": {"III": {"lr": {"llm": 1e30}}}}),), "test")  # diverges: a NaN guard stop
     with pytest.raises(RuntimeError, match=r"(?s)pair-a-s0: training failed .*train.log ends.*FloatingPointError"):
         suite.run(_jobs(bad))
+
+
+def test_runs_evaluate_only_what_the_tables_read_and_no_number_changes(suite_run, tmp_path, monkeypatch):
+    """The suite evaluates the last stage only and sweeps only Fig. 3's rows; evaluating every stage
+    and sweeping, as `minicomp train` does by default, gives the same final numbers."""
+    suite, (a, _) = suite_run
+    assert list(a["stages"]) == ["III"] and a["by_resolution"] == {}  # not a Fig. 3 row
+    monkeypatch.setattr(suite_mod, "eval_settings", lambda job: {"eval_stages": "all", "eval_sweep": True})
+    (full,) = Suite(tmp_path, "smoke", procs=1, progress=False, say=lambda *a: None).run(_jobs()[:1])
+    assert list(full["stages"]) == ["I", "II-fixed", "II-native", "III"] and "native ≤8 tokens" in full["by_resolution"]
+    assert full["key"] == a["key"] and full["final"] == a["final"] and full["stages"]["III"] == a["stages"]["III"]
+    last = lambda s: (s.out / "runs" / "pair-a-s0" / "metrics.jsonl").read_text().splitlines()[-1]  # noqa: E731
+    assert json.loads(last(Suite(tmp_path, "smoke")))["loss"] == json.loads(last(suite))["loss"]
+
+
+def test_a_fig3_row_without_its_sweep_is_not_served(tmp_path):
+    from minicomp.reproduce.rows import DERIVED, TABLES
+    table, rows = DERIVED["fig3"]
+    suite = Suite(tmp_path, "smoke", procs=1, progress=False)
+    job = Job(TABLES[table], TABLES[table].row(rows[0]), 0, row_config(TABLES[table], TABLES[table].row(rows[0]), "smoke", 0))
+    assert suite_mod.needs_sweep(job) and suite_mod.eval_settings(job)["eval_sweep"]
+    path = suite.result_path(job)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"key": suite.key(job), "final": {}, "by_resolution": {}}))
+    assert suite.done(job) is None  # rerun: Fig. 3 needs the sweep
+    path.write_text(json.dumps({"key": suite.key(job), "final": {}, "by_resolution": {"native ≤8 tokens": {}}}))
+    assert suite.done(job) is not None

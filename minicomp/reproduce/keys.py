@@ -10,7 +10,8 @@ from pathlib import Path
 from .. import __version__
 from ..config import TrainConfig
 
-UNKEYED = ("name", "log_every", "save_every", "keep_checkpoints", "num_workers")  # never change a number
+# never change a number: what is logged or kept, and which evaluations run (not what they measure)
+UNKEYED = ("name", "log_every", "save_every", "keep_checkpoints", "num_workers", "eval_stages", "eval_sweep")
 
 
 def _files_digest(path: Path) -> str:

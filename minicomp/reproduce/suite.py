@@ -52,6 +52,18 @@ class Job:
         return f"{self.table.name}-{self.row.key}-s{self.seed}"
 
 
+def needs_sweep(job: Job) -> bool:
+    """Fig. 3 reads the resolution sweep of its rows' final models; every other table the final
+    model at its own resolution alone (the sweep is most of a run's evaluation time)."""
+    table, rows = DERIVED["fig3"]
+    return job.table.name == table and job.row.key in rows
+
+
+def eval_settings(job: Job) -> dict:
+    """The evaluations a run makes: what its tables read. Unkeyed: they change no number."""
+    return {"eval_stages": "last", "eval_sweep": needs_sweep(job)}
+
+
 def jobs_for(names: list[str], seeds: int, preset: str) -> list[Job]:
     """Every (row, seed) the named tables need, seed by seed (a whole first seed comes first),
     each row once; Tab. 3 and Fig. 3 need their Tab. 4 rows."""
@@ -115,7 +127,8 @@ class Suite:
 
     def done(self, job: Job) -> dict | None:
         r = read_result(self.result_path(job))
-        return r if r is not None and r["key"] == self.key(job) else None
+        ok = r is not None and r["key"] == self.key(job) and (r.get("by_resolution") or not needs_sweep(job))
+        return r if ok else None
 
     def cached_prefix(self, job: Job) -> tuple[int, Path] | None:
         """The last stage k whose stage-end checkpoint is cached for this job's config: (k, folder)."""
@@ -179,7 +192,8 @@ class Suite:
     def _train(self, job: Job, bar) -> dict:
         run = self.out / "runs" / job.slug
         procs = self._procs(job.cfg)
-        cfg = TrainConfig(**{**job.cfg.to_dict(), "keep_checkpoints": 0})  # keep every stage's end, to cache
+        cfg = TrainConfig(**{**job.cfg.to_dict(), "keep_checkpoints": 0,  # keep every stage's end, to cache
+                             **eval_settings(job)})
         resume = self._resumable(run, cfg)
         if not resume:
             shutil.rmtree(run, ignore_errors=True)
