@@ -224,6 +224,7 @@ def plot_fig3(data: dict):
 
     fig = Figure(figsize=(10, 3.8))
     axes = fig.subplots(1, 2)
+    budgets = sorted({_tokens(k) for by in data["rows"].values() for k in by if k.startswith("native")})
     for ax, metric in zip(axes, ("all", "reading")):
         for c, (row, by) in enumerate(data["rows"].items()):
             native = sorted((_tokens(k), v[metric]) for k, v in by.items() if k.startswith("native") and v[metric])
@@ -238,6 +239,8 @@ def plot_fig3(data: dict):
                             fmt="s", color=f"C{c}", mfc="none", capsize=3)
         ax.set(xscale="log", xlabel="merged visual tokens per image (squares: a fixed square)",
                ylabel=f"exact match, {metric} (%)", title=metric)
+        ax.set_xticks(budgets, [str(b) for b in budgets], minor=False)
+        ax.set_xticks([], minor=True)  # no log-scale minor labels over the budgets
         ax.legend(fontsize=8)
     fig.suptitle(data["title"], fontsize=10)
     fig.tight_layout()
