@@ -337,8 +337,9 @@ class CoMPModel(nn.Module):
         stop = [t for t in {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
                 if isinstance(t, int) and t >= 0 and t != self.tokenizer.unk_token_id]
         kw = dict(max_new_tokens=32, do_sample=False, eos_token_id=stop, pad_token_id=pad)
-        out = self.llm.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask, **where, **{**kw, **gen_kwargs})
-        return [t.strip() for t in self.tokenizer.batch_decode(out[:, L:], skip_special_tokens=True)]  # new tokens
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **where, **{**kw, **gen_kwargs})
+        out = out[:, L:] if "input_ids" in where else out  # the new tokens (given the prompt's ids, it comes back too)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     # ---- saving -----------------------------------------------------------------------------
     def export_vision(self, path: str | os.PathLike) -> None:

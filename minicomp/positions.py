@@ -55,8 +55,9 @@ def position_ids(rule: str, llm: nn.Module, input_ids: torch.Tensor, attention_m
 def generation_inputs(rule: str, input_ids: torch.Tensor, image_token_id: int, grid_hw: torch.Tensor | None,
                       merge: int) -> dict:
     """What `llm.generate` needs beyond the embeddings to place the prompt's and each new token's
-    positions: nothing for "1d"; the image tokens and grids for "mrope" (the LLM keeps the offset)."""
+    positions: nothing for "1d"; the prompt's ids, its image tokens and their grids for "mrope"
+    (the LLM computes the positions and keeps the offset)."""
     if rule == "1d" or grid_hw is None:
         return {}
-    return {"mm_token_type_ids": (input_ids == image_token_id).int(),
+    return {"input_ids": input_ids, "mm_token_type_ids": (input_ids == image_token_id).int(),
             "image_grid_thw": image_grid_thw(grid_hw.to(input_ids.device), merge)}
