@@ -377,7 +377,9 @@ class CoMPModel(nn.Module):
     @classmethod
     def _load(cls, path: Path, **overrides) -> "CoMPModel":
         if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a folder written by CoMPModel.save_pretrained")
+            hint = (f"; for the authors' CoMP-MM checkpoints: minicomp convert {path} OUT --vision-config VFM, or "
+                    f"minicomp.convert_mm.convert_comp_mm") if (path / "config.json").is_file() else ""
+            raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a folder written by CoMPModel.save_pretrained{hint}")
         cfg = CoMPConfig.from_dict({**json.loads((path / CONFIG_FILE).read_text()), **overrides})
         enc = CRoPEViT.from_pretrained(path / "vision", attn_backend=cfg.attn_backend)
         lm = load_llm(path / "llm")

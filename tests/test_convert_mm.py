@@ -244,3 +244,9 @@ def test_the_position_rule_is_checked_against_the_llm():
         mc.CoMPConfig(positions="2d")
     with pytest.raises(ValueError, match="get_rope_index"):  # a 1-D LLM cannot follow M-RoPE
         mc.CoMPModel.from_preset("tiny", positions="mrope")
+
+
+def test_loading_their_folder_directly_points_to_the_converter(tmp_path):
+    mm_checkpoint(tmp_path / "mm", _tokenizer())
+    with pytest.raises(FileNotFoundError, match="minicomp convert"):
+        mc.CoMPModel.from_pretrained(tmp_path / "mm")
