@@ -1,7 +1,9 @@
 """Checkpoints of a training run: written to a temporary folder and renamed when complete, so a
 kill during a save never leaves a checkpoint that looks valid but is torn; only the newest
-`keep` are kept. Each holds accelerate's state (optimiser, scheduler, RNG), the full weights
-and a meta.json (stage, step, evaluations), written last."""
+`keep` are kept. Each holds the optimiser, scheduler and RNG states (accelerate's `save_state`;
+under FSDP2 the optimiser gathered whole, `save_sharded_state`), the full weights and a meta.json
+(stage, step, evaluations), written last. Whole tensors in both: a run resumes on any number of
+processes."""
 from __future__ import annotations
 
 import json
@@ -12,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file
+
+from .shard import full_optimizer_state, full_state_dict, load_optimizer_state, local
 
 
 class _TiedWeightsNote(logging.Filter):
@@ -57,10 +61,10 @@ def load_checkpoint(model, found: list[Path], say) -> tuple[Path, dict]:
 def nonfinite_state(model, optimizer) -> list[str]:
     """Names of the parameters and optimiser-state tensors that hold a NaN or an infinity."""
     names = {id(p): n for n, p in model.named_parameters()}
-    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
-    for p, state in optimizer.state.items():
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(local(p.detach())).all()]  # this rank's
+    for p, state in optimizer.state.items():                                                     # shard, if sharded
         bad += [f"optimiser {k} of {names.get(id(p), '?')}" for k, v in state.items()
-                if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+                if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(local(v)).all()]
     return bad
 
 
@@ -83,15 +87,21 @@ def save_model_state(state: dict, path: Path) -> None:
     save_file(out, str(path))
 
 
-def save_checkpoint(accelerator, model, out: Path, meta: dict, keep: int) -> Path:
+def save_checkpoint(accelerator, model, out: Path, meta: dict, keep: int, sharded: tuple | None = None) -> Path:
+    """sharded: (optimizer, scheduler) of an FSDP2 model (`minicomp.shard`), which accelerate did not
+    prepare; else accelerate's prepared model, optimiser and scheduler are saved."""
     name = f"step-{meta['global_step']:07d}"
     final, tmp = out / "checkpoints" / name, out / "checkpoints" / f".tmp-{name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        (tmp / "state").mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "state"))  # optimiser, scheduler, RNG states (every rank)
-    state = accelerator.get_state_dict(model)  # the full weights on the main process (gathers FSDP shards)
+    if sharded:
+        save_sharded_state(accelerator, model, *sharded, tmp / "state")
+        state = full_state_dict(model, tied_once=True)
+    else:
+        accelerator.save_state(str(tmp / "state"))  # optimiser, scheduler, RNG states (every rank)
+        state = accelerator.get_state_dict(model)  # the full weights on the main process
     if accelerator.is_main_process:
         save_model_state(state, tmp / "model.safetensors")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks it complete
@@ -101,3 +111,27 @@ def save_checkpoint(accelerator, model, out: Path, meta: dict, keep: int) -> Pat
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def save_sharded_state(accelerator, model, optimizer, scheduler, folder: Path) -> None:
+    """An FSDP2 run's optimiser (gathered whole, keyed by parameter name), schedule and each rank's
+    RNG state. Every rank calls it."""
+    opt = full_optimizer_state(model, optimizer)
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    torch.save(rng, folder / f"rng-{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        torch.save(opt, folder / "optimizer.pt")
+        torch.save(scheduler.state_dict(), folder / "scheduler.pt")
+
+
+def load_sharded_state(accelerator, model, optimizer, scheduler, folder: Path) -> None:
+    """Undo `save_sharded_state` into a sharded model's fresh optimiser and schedule (every rank)."""
+    opt = torch.load(folder / "optimizer.pt", weights_only=True) if accelerator.is_main_process else {}
+    load_optimizer_state(model, optimizer, opt)
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng_file = folder / f"rng-{accelerator.process_index}.pt"
+    if rng_file.is_file():  # absent when resuming on more processes than saved: those start from the seed's
+        rng = torch.load(rng_file, weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])

@@ -44,6 +44,7 @@ class TrainConfig:
     eval_stages: str = "all"  # evaluate after "all" stages, or the "last" only (minicomp reproduce reads the final model)
     eval_sweep: bool = True  # the final model also at every stage's resolution and each of eval_budgets
     num_workers: int = 0
+    parallel: str = "ddp"  # across processes: "ddp" (whole replicas) or "fsdp2" (sharded, minicomp.shard)
     strict_data: bool = False  # a bad record raises, naming it, instead of being counted and skipped
 
     def __post_init__(self):
@@ -75,6 +76,9 @@ class TrainConfig:
         raise KeyError(f"no stage {name!r} in {[s.name for s in self.stages]}")
 
 
+PARALLEL = ("ddp", "fsdp2")
+
+
 def _check_ranges(cfg: "TrainConfig") -> None:
     """Every numeric field in its range, named by its key, before anything loads."""
     def number(key, v, low, high=math.inf, integer=False, low_open=False):
@@ -102,6 +106,8 @@ def _check_ranges(cfg: "TrainConfig") -> None:
         raise ValueError(f"eval_stages: expected 'all' or 'last', got {cfg.eval_stages!r}")
     if not isinstance(cfg.eval_sweep, bool):
         raise ValueError(f"eval_sweep: expected true or false, got {cfg.eval_sweep!r}")
+    if cfg.parallel not in PARALLEL:
+        raise ValueError(f"parallel: expected one of {PARALLEL}, got {cfg.parallel!r}")
     from .align import PRIOR_RULES
     if cfg.word_prior_rule not in PRIOR_RULES:
         raise ValueError(f"word_prior_rule: expected one of {PRIOR_RULES}, got {cfg.word_prior_rule!r}")
@@ -281,7 +287,8 @@ def _smoke() -> TrainConfig:
     return cfg
 
 
-def _paper(vision: str, stage1_size: int, llm: str = "Qwen/Qwen2.5-0.5B", name: str = "") -> TrainConfig:
+def _paper(vision: str, stage1_size: int, llm: str = "Qwen/Qwen2.5-0.5B", name: str = "",
+           parallel: str = "ddp") -> TrainConfig:
     """The paper's recipe (Tab. 11, DESIGN.md §1). Data paths are relative to --data DIR."""
     full = {"vision": 1e-4, "merger": 5e-3, "llm": 2e-5}
     return TrainConfig(
@@ -295,7 +302,7 @@ def _paper(vision: str, stage1_size: int, llm: str = "Qwen/Qwen2.5-0.5B", name: 
         data={"pretrain": {"path": "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json", "image_root": "LLaVA-Pretrain/images"},
               "mid": {"path": "LLaVA-OneVision-Mid/mid_stage.jsonl", "image_root": "LLaVA-OneVision-Mid/images"},
               "sft": {"path": "LLaVA-OneVision-SI/si_sft.jsonl", "image_root": "LLaVA-OneVision-SI/images"}},
-        global_batch=256, micro_batch=4, warmup_ratio=0.03, save_every=500, keep_checkpoints=3)
+        global_batch=256, micro_batch=4, warmup_ratio=0.03, save_every=500, keep_checkpoints=3, parallel=parallel)
 
 
 PRESETS = {
@@ -306,5 +313,6 @@ PRESETS = {
     "paper-1b-siglip": lambda: _paper("vit_so400m_patch14_siglip_384", 392, name="paper-1b-siglip"),
     "paper-1b-dinov2": lambda: _paper("vit_large_patch14_dinov2.lvd142m", 504, name="paper-1b-dinov2"),
     "paper-1b-aimv2": lambda: _paper("aimv2_large_patch14_336.apple_pt", 336, name="paper-1b-aimv2"),
-    "paper-7b-siglip": lambda: _paper("vit_so400m_patch14_siglip_384", 392, "Qwen/Qwen2.5-7B", "paper-7b-siglip"),
+    "paper-7b-siglip": lambda: _paper("vit_so400m_patch14_siglip_384", 392, "Qwen/Qwen2.5-7B", "paper-7b-siglip",
+                                     "fsdp2"),  # 7B weights + AdamW state do not fit one GPU whole
 }

@@ -18,11 +18,12 @@ def cpu_processes(cfg: TrainConfig, cores: int) -> int:
     return fits[-1]
 
 
-def launch(argv: list[str], procs: int) -> int:
+def launch(argv: list[str], procs: int, parallel: str = "ddp") -> int:
     """Become torchrun running this command as `procs` processes on this machine (exec: the pid
     stays, so a signal to it reaches the launcher, and the workers die with it, see `die_with_launcher`)."""
     threads = max(1, (os.cpu_count() or procs) // procs)
-    print(f"training with {procs} processes x {threads} thread(s) (DDP on CPU; --procs 1 for one process)", flush=True)
+    print(f"training with {procs} processes x {threads} thread(s) ({parallel.upper()} on CPU; --procs 1 for one process)",
+          flush=True)
     os.environ.update(OMP_NUM_THREADS=str(threads), MINICOMP_LAUNCHER=str(os.getpid()))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
            "-m", "minicomp.train", *argv, "--procs", "1"]

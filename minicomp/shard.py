@@ -40,3 +40,45 @@ def shard(model: nn.Module, mesh=None, bf16: bool = False, reshard_after_forward
     fully_shard(model, **kw)
     model.uniform_calls = True
     return model
+
+
+# ---- whole tensors from shards: checkpoints, checks and the unsharded copy that evaluates ------
+
+_FULL = dict(full_state_dict=True, cpu_offload=True)  # gathered to rank 0, on its CPU; {} on the others
+
+
+def full_state_dict(model: nn.Module, tied_once: bool = False) -> dict:
+    """The whole model's weights and buffers on rank 0 (CPU tensors), {} elsewhere. A collective:
+    every rank calls it. tied_once: a parameter shared by several names (tied embeddings) under its
+    first name only, as a DDP checkpoint stores it (gathered, the names no longer share memory)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    state = get_model_state_dict(model, options=StateDictOptions(**_FULL))
+    if tied_once:
+        first: dict[int, str] = {}
+        aliases = {n for n, p in model.named_parameters(remove_duplicate=False) if first.setdefault(id(p), n) != n}
+        state = {k: v for k, v in state.items() if k not in aliases}
+    return state
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimiser's whole state keyed by parameter name on rank 0, {} elsewhere (a collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(**_FULL))
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Set a sharded optimiser from `full_optimizer_state`'s dict, read on rank 0 only (the others
+    pass {}): rank 0 broadcasts it and each rank keeps its shard. A collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True,
+                                                                              broadcast_from_rank0=True))
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor; a plain tensor as it is."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor from a DTensor's shards (a collective); a plain tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

@@ -3,6 +3,8 @@
     minicomp train --preset tiny                                   # the toy world, a few CPU minutes
     accelerate launch -m minicomp.train --preset paper-1b-siglip --data /data/llava   # the paper
 
+`parallel: fsdp2` shards parameters, gradients and optimiser state across the processes
+(`minicomp.shard`, PyTorch's FSDP2), on GPUs and on CPU processes alike; the default is DDP.
 Each stage starts from the previous stage's weights. Data order is a fixed function of the seed
 and the step, so `--resume` continues mid-stage exactly where the run stopped (checkpoints:
 `minicomp.checkpoint`; the report: `minicomp.report`; the stage data: `minicomp.stage_data`).
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -29,11 +32,12 @@ from transformers import get_cosine_schedule_with_warmup
 from .config import PRESETS, RESUME_SAFE, TrainConfig, load_config
 from .evaluate import resolution_sweep, with_control
 from .model import CoMPModel
-from .checkpoint import checkpoints, load_checkpoint, nonfinite_state, save_checkpoint
+from .checkpoint import checkpoints, load_checkpoint, load_sharded_state, nonfinite_state, save_checkpoint
 from .report import stage_mode, write_report
 from .launch import cpu_processes, die_with_launcher, launch
 from .resume import check_resume_config, poisoned_note, read_metrics
 from .runlock import lock_run_dir, unlock_run_dir
+from .shard import full_state_dict, shard, whole
 from .stage_data import StepBatches, build_dataset, check_data, resolve_data, sample_order, word_prior_counts
 from .stages import Stage, apply_stage
 
@@ -71,6 +75,13 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
     if world != accelerator.num_processes:
         raise RuntimeError(f"launched as {world} processes but accelerate sees {accelerator.num_processes}: "
                            f"every process would train alone. Check the launcher's settings.")
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError("accelerate was launched with distributed_type FSDP; minicomp shards the model itself: "
+                         "launch as multi-GPU (configs/accelerate/fsdp2.yaml) and set parallel: fsdp2")
+    fsdp = cfg.parallel == "fsdp2"
+    if fsdp and accelerator.num_processes < 2:
+        raise ValueError("parallel: fsdp2 shards across processes and this run has one: launch two or more "
+                         "(--procs 2 on a CPU, accelerate launch on GPUs), or set parallel: ddp")
     main = accelerator.is_main_process
     say = (tqdm.write if progress else print) if main else (lambda *a, **k: None)
     if main:
@@ -105,6 +116,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                     if rec["global_step"] <= meta["global_step"]]
             (out / "metrics.jsonl").write_text("".join(json.dumps(rec) + "\n" for rec in keep))
         say(f"resuming from {ckpt}: stage {cfg.stages[meta['stage_index']].name if meta['stage_index'] < len(cfg.stages) else 'done'}, step {meta['step']}")
+    plain = model  # the whole model: evaluated and saved by the main process
+    if fsdp:  # from here on `model` holds this rank's shards; `plain` is refreshed from them when needed
+        plain = copy.deepcopy(model) if main else None
+        shard(model.to(accelerator.device), bf16=cuda)
     if main and _trackers():
         accelerator.init_trackers(cfg.name, config={"preset": cfg.name, "global_batch": cfg.global_batch,
                                                     "micro_batch": cfg.micro_batch, "seed": cfg.seed})
@@ -120,12 +135,19 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
         ds = build_dataset(data[stage.data], cfg.seed, cfg.strict_data)
         steps = stage.steps or len(ds) // G
         groups = apply_stage(model, stage, log_fn=say)
+        if plain is not None and plain is not model:
+            apply_stage(plain, stage, log_fn=lambda *a: None)  # RoPE and the alignment loss as trained
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * steps), steps)
         accelerator.free_memory()
-        wrapped, opt, sched = accelerator.prepare(model, opt, sched)
-        if start:
-            accelerator.load_state(str(ckpt / "state"))  # the optimiser and schedule mid-stage
+        if fsdp:  # sharded by minicomp.shard: accelerate only launches, reduces and logs
+            wrapped = model
+            if start:
+                load_sharded_state(accelerator, model, opt, sched, ckpt / "state")
+        else:
+            wrapped, opt, sched = accelerator.prepare(model, opt, sched)
+            if start:
+                accelerator.load_state(str(ckpt / "state"))  # the optimiser and schedule mid-stage
         proc = model.processor(fixed_size=stage.fixed_size if stage.resolution == "fixed" else None,
                                min_tokens=stage.min_tokens, max_tokens=stage.max_tokens, max_length=stage.max_length)
         batches = StepBatches(ds, proc, sample_order(len(ds), steps * G, cfg.seed + 1000 * si), G, cfg.micro_batch,
@@ -142,7 +164,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                 batch = next(it).to(accelerator.device)
                 for _, what in batch.skipped:  # failed when read, replaced by the next record
                     log.warning("stage %s step %d: skipped a record that failed when read, %s", stage.name, step + 1, what)
-                sync = contextlib.nullcontext() if a == batches.accum - 1 else accelerator.no_sync(wrapped)
+                last = a == batches.accum - 1  # FSDP2 reduce-scatters every micro-batch: sharded gradients accumulate
+                sync = contextlib.nullcontext() if last or fsdp else accelerator.no_sync(wrapped)
                 with sync, accelerator.autocast():
                     o = wrapped(batch)
                     accelerator.backward(o.loss / batches.accum)
@@ -159,7 +182,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
             if not all(map(math.isfinite, (loss, loss_dec, loss_align))):
                 raise FloatingPointError(f"stage {stage.name} step {step}: loss {loss}, loss_dec {loss_dec}, loss_align "
                                          f"{loss_align}; stopped before the update. " + poisoned_note(accelerator, out, meta))
-            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            if fsdp:  # the norm over every rank's shards
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            else:
+                accelerator.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -180,9 +206,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                     bar.close()  # its rate is the training steps' alone
                     meta["stage_minutes"][stage.name] = meta["stage_minutes"].get(stage.name, 0) + (time.time() - t_stage) / 60
                     meta["stage_index"], meta["step"] = si + 1, 0
+                    _refresh(plain, model, fsdp)  # every rank takes part in gathering the shards
                     if cfg.eval_samples and main and (cfg.eval_stages == "all" or si == len(cfg.stages) - 1):
-                        with _all_cores(accelerator):
-                            meta["evals"][stage.name] = _evaluate(model, stage, cfg)
+                        with _all_cores(accelerator), _on(plain, accelerator.device):
+                            meta["evals"][stage.name] = _evaluate(plain, stage, cfg)
                         ev = meta["evals"][stage.name]
                         say(f"stage {stage.name}: exact match {ev['accuracy']:.3f} (blank images "
                             f"{ev['blank']['accuracy']:.3f}) on {ev['n']} held-out questions ({stage_mode(stage)}); "
@@ -196,21 +223,23 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                     raise FloatingPointError(f"stage {stage.name} step {step + 1}: not finite after the update: "
                                              f"{', '.join(bad[:4])}{' …' if len(bad) > 4 else ''}; not saved. "
                                              + poisoned_note(accelerator, out, meta))
-                save_checkpoint(accelerator, wrapped, out, meta, cfg.keep_checkpoints)
+                save_checkpoint(accelerator, wrapped, out, meta, cfg.keep_checkpoints, sharded=(opt, sched) if fsdp else None)
                 if end and main:
-                    model.save_pretrained(out / "stages" / stage.name)
+                    plain.save_pretrained(out / "stages" / stage.name)
             if stop_after is not None and steps_done >= stop_after:
                 accelerator.end_training()
                 unlock_run_dir(out)
                 return meta
         bar.close()
+    _refresh(plain, model, fsdp)
     if main:
+        model = plain
         if cfg.eval_samples and cfg.eval_sweep:  # the final model at every stage's resolution and every budget of eval_budgets:
             sizes = {stage_mode(s): _size(s) for s in cfg.stages}  # what resolution alone changes
             sizes.update({f"native ≤{b} tokens": {"max_tokens": b} for b in cfg.eval_budgets})
             sizes = dict(sorted(sizes.items(), key=lambda kv: ("max_tokens" in kv[1], *kv[1].values())))  # squares,
             #                                                                          then budgets, small to large
-            with _all_cores(accelerator):
+            with _all_cores(accelerator), _on(model, accelerator.device):
                 meta["by_resolution"] = resolution_sweep(model, sizes, cfg.eval_samples,
                                                          max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed)
         model.save_pretrained(out / "model")
@@ -238,9 +267,29 @@ def _all_cores(accelerator):
         torch.set_num_threads(n)
 
 
+@contextlib.contextmanager
+def _on(model, device):
+    """The model on `device` for a while: FSDP2's unsharded copy lives on the CPU between evaluations."""
+    home = next(model.parameters()).device
+    model.to(device)
+    try:
+        yield
+    finally:
+        model.to(home)
+
+
 def _evaluate(model, stage: Stage, cfg: TrainConfig) -> dict:
     """Exact match at the stage's resolution, with the blank-image control under "blank"."""
     return with_control(model, cfg.eval_samples, **_size(stage), max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed)
+
+
+def _refresh(plain, model, fsdp: bool) -> None:
+    """Under FSDP2, gather the shards of `model` into the main process's unsharded `plain` (every
+    rank calls it); under DDP `plain` is `model` itself."""
+    if fsdp:
+        state = full_state_dict(model)
+        if plain is not None:
+            plain.load_state_dict(state)
 
 
 def _size(stage: Stage) -> dict:
@@ -248,12 +297,13 @@ def _size(stage: Stage) -> dict:
 
 
 def _rank_checksums(accelerator, model) -> list[str]:
-    """A hash of every parameter's bytes, from each process: DDP ranks must agree exactly."""
+    """A hash of every parameter's bytes, from each process: DDP ranks must agree exactly, and
+    FSDP2's shards gathered whole on each rank."""
     import hashlib
 
     h = hashlib.sha256()
     for p in model.parameters():
-        h.update(p.detach().float().cpu().numpy().tobytes())
+        h.update(whole(p.detach()).float().cpu().numpy().tobytes())
     if accelerator.num_processes == 1:
         return [h.hexdigest()]
     from accelerate.utils import gather_object
@@ -314,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         if procs > 1:
             rest = [a for i, a in enumerate(argv) if a != "--procs" and (i == 0 or argv[i - 1] != "--procs")
                     and not a.startswith("--procs=")]
-            return launch(rest, procs)
+            return launch(rest, procs, cfg.parallel)
     die_with_launcher()
     out = Path(args.out or f"runs/{cfg.name}")
     t0 = time.time()

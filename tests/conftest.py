@@ -26,3 +26,15 @@ def rand_images():
         g = torch.Generator().manual_seed(seed)
         return [torch.randn(3, h, w, generator=g) for h, w in sizes]
     return make
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke preset trained by one process: (run directory, config, meta)."""
+    import minicomp.train as mtrain
+    from minicomp.config import load_config
+
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    cfg = load_config("smoke", sets=["save_every=2"])
+    meta = mtrain.train(cfg, out)
+    return out, cfg, meta

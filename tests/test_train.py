@@ -146,14 +146,6 @@ def _metrics(out):
     return {r["global_step"]: r for r in rows}  # the last record of each step
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    cfg = load_config("smoke", sets=["save_every=2"])
-    meta = mtrain.train(cfg, out)
-    return out, cfg, meta
-
-
 def test_smoke_run_end_to_end(smoke_run):
     out, cfg, meta = smoke_run
     rows = _metrics(out)

@@ -47,6 +47,8 @@ def config_key(cfg: TrainConfig, procs: int, upto: int | None = None) -> str:
     """A hash of everything that decides the weights and numbers of `cfg` through stage `upto`
     (default: all stages, i.e. the whole result)."""
     d = {k: v for k, v in cfg.to_dict().items() if k not in UNKEYED}
+    if d["parallel"] == "ddp":  # the default, and the only mode when results were first keyed: their keys stand
+        del d["parallel"]
     for part in ("vision", "llm"):  # a local folder is keyed by its contents (models_digest), not by where it lies
         if Path(str(d["model"].get(part, ""))).exists():
             d["model"][part] = "local"
