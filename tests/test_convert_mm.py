@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 from test_convert import P, their_checkpoint, their_forward
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 import minicomp as mc
 from minicomp.cli import main as cli_main
@@ -206,16 +206,28 @@ def test_comp_mm_generates_their_greedy_answer_and_minicomp_ask_works(tmp_path, 
     pics = [Image.fromarray((torch.rand(40, 24, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy())
             for i in range(2)]
     prompts, new = ["what is it", "and the colour of the thing"], 3
-    answers = model.generate(pics, prompts, max_tokens=12, max_new_tokens=new, min_new_tokens=new)
+    steps = []  # the logits of every decoding step, (B, V) each: they pin the cached steps' positions too
+
+    class Record(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            steps.append(scores.detach().clone())
+            return scores
+
+    answers = model.generate(pics, prompts, max_tokens=12, max_new_tokens=new, min_new_tokens=new,
+                             logits_processor=LogitsProcessorList([Record()]))
+    assert len(steps) == new
     cfg, image_id = model.vision.pretrained_cfg, config["image_token_id"]
-    for pic, prompt, answer in zip(pics, prompts, answers):
+    for b, (pic, prompt, answer) in enumerate(zip(pics, prompts, answers)):
         img = resize_to_budget(pic, P, 2, 4, 12)
         x = to_tensor(img, cfg["mean"], cfg["std"])
         ids = encode_prompt(tok, prompt, (img.height // (2 * P)) * (img.width // (2 * P)), model.config.image_text)
         assert tok.convert_tokens_to_ids("<|vision_start|>") in ids and tok.convert_tokens_to_ids("<|vision_end|>") in ids
-        for _ in range(new):
+        for k in range(new):
             t = torch.tensor([ids])
             logits, _ = their_logits(s, t, torch.ones_like(t), [x], image_id)
+            shown = steps[k][b].isfinite()  # min_new_tokens sets the stop tokens to -inf before our recorder
+            assert (~shown).sum() <= 2, f"sample {b}, step {k}: {(~shown).sum()} logits not finite"
+            torch.testing.assert_close(steps[k][b][shown], logits[0, -1][shown], atol=1e-4, rtol=1e-4)
             ids.append(int(logits[0, -1].argmax()))
         assert answer == tok.decode(ids[-new:], skip_special_tokens=True).strip()
     pics[0].save(tmp_path / "pic.png")
