@@ -109,6 +109,19 @@ def test_differences_are_paired_and_directions_follow_the_intervals():
     assert "| u | up | 51 | 45 | 35 |" in md and "agrees" in md and "`minicomp reproduce t`" in md
 
 
+def test_tables_name_the_machine_of_each_run():
+    table = Table("t", "T", {}, (Row("r", "ref", {}), Row("u", "up", {}, ref="r")), "m")
+    res = {"r": [_result("r", s, _hits(0.2, s)) for s in range(2)], "u": [_result("u", s, _hits(0.8, s)) for s in range(2)]}
+    for rs in res.values():
+        for r in rs:
+            r["machine"] = "cpu A"
+    assert "Machine: cpu A." in to_markdown(table_data(table, res), "c", "tiny")
+    res["u"][1]["machine"] = "cpu B"
+    del res["r"][1]["machine"]  # results written before machines were recorded
+    md = to_markdown(table_data(table, res), "c", "tiny")
+    assert "cpu A: r-s0, u-s0; not recorded: r-s1; cpu B: u-s1." in md
+
+
 def test_a_difference_needs_the_same_questions():
     a, b = _result("a", 0, _hits(0.5)), _result("b", 0, _hits(0.5))
     b["final"]["kinds"] = list(reversed(KINDS))

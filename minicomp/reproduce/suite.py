@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 from tqdm.auto import tqdm
 
@@ -91,6 +93,20 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
+
+
+def machine() -> str:
+    """The CPU, its core count and torch: CPUs round floats differently, so one config trained on two
+    machines can differ by about a seed's spread. Recorded with each result, never keyed."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def read_result(path: Path) -> dict | None:
@@ -281,7 +297,7 @@ class Suite:
             shutil.rmtree(run / folder, ignore_errors=True)
         last = cfg.stages[-1].name
         return {"table": job.table.name, "row": job.row.key, "seed": job.seed, "key": self.key(job),
-                "preset": self.preset, "procs": procs, "run": str(run.relative_to(self.out)),
+                "preset": self.preset, "procs": procs, "run": str(run.relative_to(self.out)), "machine": machine(),
                 "stage_minutes": meta["stage_minutes"],
                 "final": _compact(meta["evals"][last]),
                 "stages": {s: {"accuracy": e["accuracy"], "blank_accuracy": e["blank"]["accuracy"]}

@@ -116,6 +116,7 @@ def table_data(table: Table, results: dict[str, list[dict]]) -> dict:
     for row in table.rows:
         res = results.get(row.key, [])
         entry = {"row": row.key, "label": row.label, "paper": dict(row.paper), "note": row.note, "seeds": len(res),
+                 "machines": {f"s{r['seed']}": r.get("machine", UNRECORDED) for r in res},
                  "toy": {m: accuracy(res, m) for m in METRICS}, "blank": accuracy(res, "all", blank=True),
                  "ref": row.compare_to}
         if row.compare_to is not None:
@@ -134,6 +135,21 @@ def _ci(x: dict | None, signed: bool = False) -> str:
         return "—"
     f = (lambda v: f"{100 * v:+.1f}") if signed else (lambda v: f"{100 * v:.1f}")
     return f"{f(x['mean'])} [{f(x['lo'])}, {f(x['hi'])}]"
+
+
+UNRECORDED = "not recorded"
+
+
+def _machines(rows: list[dict]) -> str:
+    """Which machine trained which rows and seeds (one line when all ran on one)."""
+    where: dict[str, list[str]] = {}
+    for r in rows:
+        for seed, m in r.get("machines", {}).items():
+            where.setdefault(m, []).append(f"{r['row']}-{seed}")
+    if len(where) <= 1:
+        return f"Machine: {next(iter(where), UNRECORDED)}."
+    return ("Machines (their CPUs may round floats differently; a config trained on two of them can differ "
+            "by about a seed's spread): " + "; ".join(f"{m}: {', '.join(runs)}" for m, runs in where.items()) + ".")
 
 
 def to_markdown(data: dict, command: str, preset: str) -> str:
@@ -163,6 +179,7 @@ def to_markdown(data: dict, command: str, preset: str) -> str:
     notes = [f"- **{r['row']}**: {r['note']}" for r in data["rows"] if r["note"]]
     if notes:
         lines += ["", "Notes:", *notes]
+    lines += ["", _machines(data["rows"])]
     counts = {}
     for r in data["rows"]:
         if r["ref"] is not None:
@@ -207,7 +224,10 @@ def fig3_data(results: dict[str, list[dict]], rows=DERIVED["fig3"][1]) -> dict:
         labels = list(res[0]["by_resolution"]) if res else []
         out[key] = {label: {m: accuracy(res, m, part=label) for m in ("all", "reading")}
                     | {"blank": accuracy(res, "all", part=label, blank=True)} for label in labels}
-    return {"table": "fig3", "title": "Fig. 3: resolution at inference (Tab. 4's final models)", "rows": out}
+    machines = [{"row": key, "machines": {f"s{r['seed']}": r.get("machine", UNRECORDED) for r in results.get(key, [])}}
+                for key in rows]
+    return {"table": "fig3", "title": "Fig. 3: resolution at inference (Tab. 4's final models)", "rows": out,
+            "machines": _machines(machines)}
 
 
 def _tokens(label: str) -> int | None:
@@ -256,5 +276,6 @@ def fig3_markdown(data: dict, command: str, preset: str) -> str:
         lines += [f"Tab. 4 row {row}:", "", "| resolution | all | reading | blank images |", "|---|---|---|---|"]
         lines += [f"| {k} | {_ci(v['all'])} | {_ci(v['reading'])} | {_ci(v['blank'])} |" for k, v in by.items()]
         lines.append("")
+    lines += [data.get("machines", f"Machine: {UNRECORDED}."), ""]
     return "\n".join(lines)
 
