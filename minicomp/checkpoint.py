@@ -2,8 +2,8 @@
 kill during a save never leaves a checkpoint that looks valid but is torn; only the newest
 `keep` are kept. Each holds the optimiser, scheduler and RNG states (accelerate's `save_state`;
 under FSDP2 the optimiser gathered whole, `save_sharded_state`), the full weights and a meta.json
-(stage, step, evaluations), written last. Whole tensors in both: a run resumes on any number of
-processes."""
+(stage, step, evaluations), written last. Whole tensors in both: nothing in a checkpoint depends
+on how the model was sharded."""
 from __future__ import annotations
 
 import json
@@ -130,7 +130,7 @@ def load_sharded_state(accelerator, model, optimizer, scheduler, folder: Path) -
     load_optimizer_state(model, optimizer, opt)
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     rng_file = folder / f"rng-{accelerator.process_index}.pt"
-    if rng_file.is_file():  # absent when resuming on more processes than saved: those start from the seed's
+    if rng_file.is_file():  # absent if this rank did not exist when it was saved: it keeps the seed's
         rng = torch.load(rng_file, weights_only=True)
         torch.set_rng_state(rng["cpu"])
         if rng["cuda"] and torch.cuda.is_available():
