@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from minicomp.config import config_differences
 from minicomp.reproduce import list_rows
@@ -120,6 +121,7 @@ def test_tables_name_the_machine_of_each_run():
     del res["r"][1]["machine"]  # results written before machines were recorded
     md = to_markdown(table_data(table, res), "c", "tiny")
     assert "cpu A: r-s0, u-s0; not recorded: r-s1; cpu B: u-s1." in md
+    assert suite_mod.machine().endswith(f"{os.cpu_count()} cores, torch {torch.__version__}")  # what a result records
 
 
 def test_a_difference_needs_the_same_questions():
