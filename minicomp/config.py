@@ -7,6 +7,7 @@ names the key, raised before anything is loaded or trained.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -229,7 +230,25 @@ def load_config(preset: str, files: list[str | Path] = (), sets: list[str] = ())
     """A preset, then each YAML file, then --set items, each merged with type checks."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; presets: {sorted(PRESETS)}")
-    d = PRESETS[preset]().to_dict()
+    return _overridden(PRESETS[preset]().to_dict(), files, sets)
+
+
+def load_saved_config(path: str | Path, files: list[str | Path] = (), sets: list[str] = ()) -> TrainConfig:
+    """A run's saved config.json (fields added since take their defaults), then each YAML file, then
+    --set items: what `minicomp train --resume` continues when no preset is named."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the saved config ({e})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields, got {type(saved).__name__}")
+    unknown = sorted(set(saved) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"{path}: unknown config fields {', '.join(unknown)}")
+    return _overridden(saved, files, sets)
+
+
+def _overridden(d: dict, files: list[str | Path], sets: list[str]) -> TrainConfig:
     for f in files:
         update = yaml.safe_load(Path(f).read_text()) or {}
         if not isinstance(update, dict):

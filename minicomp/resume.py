@@ -39,7 +39,7 @@ def check_resume_config(out: Path, cfg: TrainConfig, force: bool) -> None:
     unsafe = [d for d in diffs if d.split(".")[0] not in RESUME_SAFE]
     if unsafe or (diffs and not force):
         raise ValueError(f"--resume: the config differs from the run's saved {path} in {', '.join(diffs)}. Resume "
-                         f"with the same preset and overrides" + (f"; --force allows only {', '.join(RESUME_SAFE)} to differ"
+                         f"with the same preset and overrides, or with no --preset (the saved config is then used)" + (f"; --force allows only {', '.join(RESUME_SAFE)} to differ"
                                                                    if unsafe else "; --force accepts these"))
 
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .config import PRESETS, RESUME_SAFE, TrainConfig, load_config
+from .config import PRESETS, RESUME_SAFE, TrainConfig, load_config, load_saved_config
 from .evaluate import resolution_sweep, with_control
 from .model import CoMPModel
 from .checkpoint import checkpoints, load_checkpoint, load_sharded_state, nonfinite_state, save_checkpoint
@@ -333,7 +333,8 @@ def _trackers():
 def parser() -> argparse.ArgumentParser:
     """The `minicomp train` command line."""
     ap = argparse.ArgumentParser(prog="minicomp train", description="Run CoMP's three-stage recipe.")
-    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    ap.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                    help="the recipe (default tiny; with --resume, default: the run's saved config.json)")
     ap.add_argument("--config", action="append", default=[], help="a YAML file of overrides (repeatable)")
     ap.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                     help="override fields, e.g. --set stages.III.lr.llm=1e-5 seed=1 (repeatable)")
@@ -353,7 +354,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
-    cfg = load_config(args.preset, args.config, args.set)
+    saved = Path(args.out or "runs/tiny") / "config.json"
+    if args.resume and args.preset is None and saved.is_file():  # continue the run as it was configured
+        try:
+            cfg = load_saved_config(saved, args.config, args.set)
+        except ValueError as e:
+            raise SystemExit(f"--resume: {e}; name the run's --preset and overrides instead") from None
+    else:
+        cfg = load_config(args.preset or "tiny", args.config, args.set)
     if "WORLD_SIZE" not in os.environ and not torch.cuda.is_available() and args.procs != "1":
         try:
             procs = cpu_processes(cfg, os.cpu_count() or 1) if args.procs == "auto" else int(args.procs)

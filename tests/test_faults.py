@@ -27,7 +27,7 @@ from PIL import Image
 
 import minicomp as mc
 import minicomp.train as mtrain
-from minicomp.config import load_config
+from minicomp.config import load_config, load_saved_config
 from minicomp.data import BadRecord, LlavaDataset
 from minicomp.data.llava import read_records
 from minicomp.stage_data import StepBatches, resolve_data, word_prior_counts
@@ -190,6 +190,24 @@ def test_resume_refuses_a_different_config_and_keeps_the_saved_one(stopped_run, 
         mtrain.train(logging_only, out, resume=True, progress=False)
     meta = mtrain.train(logging_only, out, resume=True, force=True, stop_after=1, progress=False)
     assert meta["global_step"] == 6
+
+
+def test_resume_without_a_preset_continues_the_saved_config(stopped_run, tmp_path):
+    src, cfg = stopped_run
+    out = _copy(src, tmp_path / "run")
+    assert load_saved_config(out / "config.json").to_dict() == cfg.to_dict()
+    assert mtrain.main(["--out", str(out), "--resume", "--procs", "1", "--max-steps", "1"]) == 0
+    assert json.loads((mtrain.checkpoints(out)[-1] / "meta.json").read_text())["global_step"] == 6
+    with pytest.raises(ValueError, match=r"stages\.II-fixed\.lr\.llm"):  # overrides on top are checked as before
+        mtrain.main(["--out", str(out), "--resume", "--procs", "1", "--set", "stages.II-fixed.lr.llm=0.5"])
+    with pytest.raises(ValueError, match=r"differs from the run.s saved .*stages\.III\.steps"):  # a named preset is compared with the saved config
+        mtrain.main(["--preset", "tiny", "--out", str(out), "--resume", "--procs", "1"])
+    (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "lr_typo": 1}))
+    with pytest.raises(SystemExit, match=r"config\.json: unknown config fields lr_typo.*--preset"):
+        mtrain.main(["--out", str(out), "--resume", "--procs", "1"])
+    (out / "config.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match=r"expected a mapping of config fields, got list"):
+        mtrain.main(["--out", str(out), "--resume", "--procs", "1"])
 
 
 def test_nan_guard_sets_aside_the_checkpoint_whose_weights_diverged(tmp_path):

@@ -211,7 +211,8 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(smoke_run, tmp_path)
     p.wait()
     before = mtrain.checkpoints(out)
     assert before and json.loads((before[-1] / "meta.json").read_text())["global_step"] < 12
-    subprocess.run(_cli(out, "--resume"), env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resume = [sys.executable, "-m", "minicomp.train", "--out", str(out), "--procs", "1", "--resume"]  # no preset: the saved config
+    subprocess.run(resume, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ref, got = _metrics(ref_out), _metrics(out)
     assert sorted(ref) == sorted(got)
     for step in ref:  # the same loss trajectory ...
