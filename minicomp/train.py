@@ -182,16 +182,15 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
             if not all(map(math.isfinite, (loss, loss_dec, loss_align))):
                 raise FloatingPointError(f"stage {stage.name} step {step}: loss {loss}, loss_dec {loss_dec}, loss_align "
                                          f"{loss_align}; stopped before the update. " + poisoned_note(accelerator, out, meta))
-            if fsdp:  # the norm over every rank's shards
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            else:
-                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            clip = torch.nn.utils.clip_grad_norm_ if fsdp else accelerator.clip_grad_norm_  # fsdp: over every rank's shards
+            norm = clip(params, cfg.grad_clip)  # the total norm before clipping
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             meta["step"], meta["global_step"], steps_done = step + 1, meta["global_step"] + 1, steps_done + 1
             rec = {"stage": stage.name, "step": step + 1, "global_step": meta["global_step"], "loss": loss,
-                   "loss_dec": loss_dec, "loss_align": loss_align,
+                   "loss_dec": loss_dec, "loss_align": loss_align, "grad_norm": grad_norm,
                    **{f"lr_{g['name']}": g["lr"] for g in opt.param_groups},
                    "tokens_per_s": tokens * accelerator.num_processes / (time.time() - t0),
                    "visual_tokens_per_image": vis / max(1, n_img)}

@@ -138,8 +138,9 @@ def test_fsdp2_training_equals_one_process_through_every_stage(fsdp2_run):
     a, b = _metrics(one), _metrics(fsdp2_run)
     assert sorted(a) == sorted(b) == list(range(1, sum(s.steps for s in cfg.stages) + 1))
     for step in a:
-        for k in ("loss_dec", "loss_align"):
+        for k in ("loss_dec", "loss_align", "grad_norm"):  # grad_norm: the total norm over all shards, before clipping
             assert b[step][k] == pytest.approx(a[step][k], rel=1e-5, abs=1e-6), (step, k)
+    assert sum(a[step]["grad_norm"] > cfg.grad_clip for step in a) >= 3  # clipping engaged, so it was tested too
     wa = mc.CoMPModel.from_pretrained(one / "model").state_dict()  # saved from the gathered shards
     wb = mc.CoMPModel.from_pretrained(fsdp2_run / "model").state_dict()
     assert wa.keys() == wb.keys()

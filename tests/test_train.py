@@ -151,8 +151,9 @@ def test_smoke_run_end_to_end(smoke_run):
     rows = _metrics(out)
     assert len(rows) == sum(s.steps for s in cfg.stages) == meta["global_step"]
     for r in rows.values():
-        assert {"stage", "step", "loss", "loss_dec", "loss_align", "tokens_per_s", "visual_tokens_per_image"} <= set(r)
-        assert all(torch.isfinite(torch.tensor(r[k])) for k in ("loss", "loss_dec", "loss_align"))
+        assert {"stage", "step", "loss", "loss_dec", "loss_align", "grad_norm", "tokens_per_s",
+                "visual_tokens_per_image"} <= set(r)
+        assert all(torch.isfinite(torch.tensor(r[k])) for k in ("loss", "loss_dec", "loss_align", "grad_norm"))
     caption = [r for r in rows.values() if r["stage"] != "III"]  # stages I–II share the captioning task
     assert caption[-1]["loss_dec"] < caption[0]["loss_dec"]
     assert all(r["loss_align"] == 0 for r in rows.values() if r["stage"] == "III")
