@@ -8,6 +8,7 @@ import torch
 from minicomp.config import config_differences
 from minicomp.reproduce import list_rows
 from minicomp.reproduce.rows import TABLES, Row, Table, chain, dotted, row_config
+import minicomp.reproduce.machine as machine_mod
 import minicomp.reproduce.suite as suite_mod
 from minicomp.reproduce.suite import Job, Suite
 from minicomp.reproduce.tables import accuracy, difference, direction, table_data, to_markdown
@@ -121,7 +122,7 @@ def test_tables_name_the_machine_of_each_run():
     del res["r"][1]["machine"]  # results written before machines were recorded
     md = to_markdown(table_data(table, res), "c", "tiny")
     assert "cpu A: r-s0, u-s0; not recorded: r-s1; cpu B: u-s1." in md
-    assert suite_mod.machine().endswith(f"{os.cpu_count()} cores, torch {torch.__version__}")  # what a result records
+    assert machine_mod.machine().endswith(f"{os.cpu_count()} cores, torch {torch.__version__}")  # what a result records
 
 
 def test_a_difference_needs_the_same_questions():

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 from tqdm.auto import tqdm
 
@@ -38,6 +36,7 @@ from ..config import TrainConfig, config_differences
 from ..launch import cpu_processes
 from ..resume import read_metrics
 from .keys import UNKEYED, config_key
+from .machine import machine
 from .rows import DERIVED, TABLES, Row, Table, row_config
 
 
@@ -93,24 +92,6 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
-
-
-def machine() -> str:
-    """The CPU (its name, family, model, stepping and widest vector unit), its core count and torch:
-    CPUs round floats differently, so one config trained on two machines can differ by about a seed's
-    spread. Recorded with each result, never keyed."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-                    if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        flags = set(info.get("flags", "").split())
-        unit = next((f for f in ("amx_tile", "avx512f", "avx2", "avx", "asimd") if f in flags), "")
-        cpu = (f"{info.get('model name', cpu)} (family {info.get('cpu family', '?')}, model {info.get('model', '?')}, "
-               f"stepping {info.get('stepping', '?')}{', ' + unit.split('_')[0] if unit else ''})")
-    except (OSError, ValueError):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def read_result(path: Path) -> dict | None:
