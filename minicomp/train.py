@@ -350,17 +350,22 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser().parse_args(argv)
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: the preset (default tiny), then --config files, then --set items. With
+    --resume and no --preset, the run's saved config.json takes the preset's place."""
     saved = Path(args.out or "runs/tiny") / "config.json"
     if args.resume and args.preset is None and saved.is_file():  # continue the run as it was configured
         try:
-            cfg = load_saved_config(saved, args.config, args.set)
+            return load_saved_config(saved, args.config, args.set)
         except ValueError as e:
             raise SystemExit(f"--resume: {e}; name the run's --preset and overrides instead") from None
-    else:
-        cfg = load_config(args.preset or "tiny", args.config, args.set)
+    return load_config(args.preset or "tiny", args.config, args.set)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    cfg = config_from_args(args)
     if "WORLD_SIZE" not in os.environ and not torch.cuda.is_available() and args.procs != "1":
         try:
             procs = cpu_processes(cfg, os.cpu_count() or 1) if args.procs == "auto" else int(args.procs)

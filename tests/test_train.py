@@ -81,8 +81,8 @@ def test_overrides_from_yaml_and_command_line(tmp_path):
 
 def test_command_line_takes_several_overrides_per_set():
     args = mtrain.parser().parse_args(["--set", "stages.I.steps=7", "seed=3", "--set", "global_batch=32"])
-    cfg = load_config(args.preset, args.config, args.set)
-    assert (cfg.stage("I").steps, cfg.seed, cfg.global_batch) == (7, 3, 32)
+    cfg = mtrain.config_from_args(args)
+    assert (cfg.name, cfg.stage("I").steps, cfg.seed, cfg.global_batch) == ("tiny", 7, 3, 32)
 
 
 @pytest.mark.parametrize("sets, match", [
