@@ -93,7 +93,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
         check_resume_config(out, cfg, force)  # before anything in `out` is overwritten
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        tmp = out / "config.json.tmp"  # replaced whole: the other ranks may be reading it (the resume check)
+        tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+        os.replace(tmp, out / "config.json")
         if not found and (out / "metrics.jsonl").is_file():  # a fresh run: no old metrics to append to
             say(f"{out}: no complete checkpoint, starting afresh (the old metrics.jsonl is replaced)")
             (out / "metrics.jsonl").unlink()

@@ -114,7 +114,8 @@ _ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(max(1, (os.c
 
 def _run(cmd):
     r = subprocess.run(cmd, env=_ENV, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if "Error" in line or "error:" in line]  # each rank's, first
+    assert r.returncode == 0, "\n".join(errors[:20]) + "\n" + r.stdout[-2000:] + r.stderr[-3000:]
 
 
 def _metrics(out):
