@@ -102,6 +102,7 @@ def save_checkpoint(accelerator, model, out: Path, meta: dict, keep: int, sharde
     else:
         accelerator.save_state(str(tmp / "state"))  # optimiser, scheduler, RNG states (every rank)
         state = accelerator.get_state_dict(model)  # the full weights on the main process
+    accelerator.wait_for_everyone()  # every rank's files are in `tmp` before the main process renames it
     if accelerator.is_main_process:
         save_model_state(state, tmp / "model.safetensors")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks it complete
