@@ -71,6 +71,15 @@ def test_presets_build_and_paper_presets_follow_table_11():
     assert load_config("paper-7b-siglip").model["llm"] == "Qwen/Qwen2.5-7B"
 
 
+def test_tiny_variants_change_steps_alone():
+    tiny = load_config("tiny").to_dict()
+    for name, steps in (("tiny-long", [80, 100, 100, 3500]), ("tiny-short", [10, 12, 12, 75])):
+        d = load_config(name).to_dict()
+        assert [s["steps"] for s in d["stages"]] == steps
+        strip = lambda c: {**c, "name": None, "stages": [{**s, "steps": None} for s in c["stages"]]}  # noqa: E731
+        assert strip(d) == strip(tiny), name
+
+
 def test_overrides_from_yaml_and_command_line(tmp_path):
     f = tmp_path / "o.yaml"
     f.write_text("global_batch: 32\nstages:\n  III:\n    lr: {llm: 2e-5}\n    max_tokens: 128\nmodel:\n  alpha: 0.1\n")
