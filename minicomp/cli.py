@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--preset", default="tiny", help="the recipe every row changes (tiny; smoke for a quick check)")
     rep.add_argument("--procs", type=_positive_int, default=None,
                      help="training processes per run (default: as many as the cores allow, as minicomp train)")
+    rep.add_argument("--against", metavar="DIR", default=None,
+                     help="then compare the effects resolved in --out's tables with those in DIR's (another suite, "
+                          "e.g. the full recipe's); writes OUT/compare.md and .json. Without tables: compare only")
     toy = sub.add_parser("toy", help="the toy world's models")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     world = toy_sub.add_parser("world", help="the toy world in numbers: chance levels, glyph sizes at each resolution")
@@ -174,10 +177,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.list:
                 print(list_rows(args.preset))
                 return 0
-            if not args.tables:
-                parser.exit(2, f"minicomp reproduce: error: name a table ({', '.join(NAMES)}) or all, or pass --list\n")
+            if not args.tables and not args.against:
+                parser.exit(2, f"minicomp reproduce: error: name a table ({', '.join(NAMES)}) or all, "
+                               "or pass --list or --against\n")
+            command = "minicomp reproduce " + " ".join(argv[1:])
             written = reproduce(args.tables, args.seeds, args.out, args.preset, args.procs,
-                                command="minicomp reproduce " + " ".join(argv[1:]))
+                                command=command) if args.tables else []
+            if args.against:
+                from .reproduce.compare import write_comparison
+                written += write_comparison(args.out, args.against, args.tables, command)
         except ValueError as e:
             parser.exit(2, f"minicomp reproduce: error: {e}\n")
         except RuntimeError as e:  # a run that failed: its log's tail; finished runs are kept, a rerun resumes

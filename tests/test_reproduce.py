@@ -125,6 +125,36 @@ def test_tables_name_the_machine_of_each_run():
     assert machine_mod.machine().endswith(f"{os.cpu_count()} cores, torch {torch.__version__}")  # what a result records
 
 
+def test_compare_lists_effects_resolved_in_either_suite(tmp_path, capsys):
+    from minicomp.cli import main
+    from minicomp.reproduce.compare import compare
+    table = Table("tab5b", "T", {}, (Row("r", "ref", {}), Row("u", "up", {}, ref="r"), Row("s", "same", {}, ref="r"),
+                                     Row("d", "down", {}, ref="r")), "m")
+    ref = [_result("r", s, _hits(0.5, s)) for s in range(3)]
+    suites = {"full": {"u": 0.8, "s": 0.5, "d": 0.2}, "short": {"u": 0.8, "s": 0.5, "d": 0.5}}
+    for name, ps in suites.items():
+        res = {"r": ref, **{k: [_result(k, s, _hits(p, s)) for s in range(3)] for k, p in ps.items()}}
+        out = tmp_path / name
+        (out / "results" / "tab5b").mkdir(parents=True)
+        (out / "tab5b.json").write_text(json.dumps({**table_data(table, res), "preset": name, "seeds": 3}))
+        for s in range(2):
+            (out / "results" / "tab5b" / f"r-s{s}.json").write_text(json.dumps({"stage_minutes": {"I": 1.5, "III": 2.0}}))
+    data = compare(tmp_path / "short", tmp_path / "full", ["tab5b"])
+    t = data["tables"][0]
+    assert t["training_minutes"] == (7.0, 7.0) and t["preset"] == ("short", "full")
+    seen = {(e["row"], e["metric"]): e["resolved"] for e in t["effects"]}
+    assert seen[("u", "all")] == "both" and seen[("d", "all")] == f"only {(tmp_path / 'full').as_posix()}"
+    assert not any(row == "s" for row, _ in seen)  # resolved in neither: not listed
+    from minicomp.reproduce.compare import write_comparison
+    md = write_comparison(tmp_path / "short", tmp_path / "full", ["tab5b"], "c")[1].read_text()
+    assert "| tab5b | d | r | all |" in md and "| tab5b | short / full | 3 / 3 | 7 / 7 |" in md
+    with pytest.raises(ValueError, match="tab4.json"):
+        compare(tmp_path / "short", tmp_path / "full", ["tab4"])
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "--out", str(tmp_path / "short"), "--against", str(tmp_path / "full")])
+    assert e.value.code == 2 and "tab4" in capsys.readouterr().err  # every table with rows, and tab4 is missing
+
+
 def test_a_difference_needs_the_same_questions():
     a, b = _result("a", 0, _hits(0.5)), _result("b", 0, _hits(0.5))
     b["final"]["kinds"] = list(reversed(KINDS))
