@@ -20,6 +20,7 @@ Earlier promises live beside the code they test: the empty-stage hang and the ru
 test_model.py) and the CLI's refusals (test_cli.py).
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,3 +276,49 @@ def test_a_fresh_run_does_not_append_to_old_metrics(tmp_path):
 
 def test_resume_command_line_has_force():
     assert "--force" in mtrain.parser().format_help()
+
+
+class _Rank:
+    """Two ranks as threads: just what `save_checkpoint` asks of an accelerator. Rank 1 writes its state
+    late, as a slower process does."""
+
+    def __init__(self, index: int, barrier):
+        self.process_index, self.is_main_process, self._barrier = index, index == 0, barrier
+
+    def wait_for_everyone(self):
+        self._barrier.wait(timeout=30)
+
+    def save_state(self, folder: str):
+        import time
+        time.sleep(0.3 * self.process_index)
+        (Path(folder) / f"rng-{self.process_index}.pt").write_bytes(b"x")
+
+    def get_state_dict(self, model):
+        import torch
+        return {"w": torch.ones(2)}
+
+
+def test_a_checkpoint_is_renamed_only_after_every_rank_wrote_into_it(tmp_path):
+    """The DDP race that a suite's log showed: the main process renamed the checkpoint folder while a
+    slower rank was still writing its state into it (the barrier before the rename fixes it)."""
+    import threading
+
+    from minicomp.checkpoint import checkpoints, save_checkpoint
+    barrier, errors, done = threading.Barrier(2), [], []
+
+    def rank(i):
+        try:
+            done.append(save_checkpoint(_Rank(i, barrier), None, tmp_path, {"global_step": 5}, keep=2))
+        except Exception as e:  # noqa: BLE001 - reported below, with its rank
+            errors.append(f"rank {i}: {e!r}")
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    final = checkpoints(tmp_path)[-1]
+    assert {p.name for p in (final / "state").iterdir()} == {"rng-0.pt", "rng-1.pt"}
+    assert (final / "meta.json").is_file() and not list((tmp_path / "checkpoints").glob(".tmp-*"))
