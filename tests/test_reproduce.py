@@ -304,3 +304,30 @@ def test_a_fig3_row_without_its_sweep_is_not_served(tmp_path):
     assert suite.done(job) is None  # rerun: Fig. 3 needs the sweep
     path.write_text(json.dumps({"key": suite.key(job), "final": {}, "by_resolution": {"native ≤8 tokens": {}}}))
     assert suite.done(job) is not None
+
+
+def test_rows_that_train_the_same_run_share_one_result(tmp_path, monkeypatch):
+    from minicomp.reproduce.suite import jobs_for
+    jobs = {j.slug: j for j in jobs_for(["tab4", "tab5b"], 1, "tiny")}  # at smoke size their II-fixed differ
+    row6, none = jobs["tab4-6-s0"], jobs["tab5b-none-s0"]
+    assert config_differences(row6.cfg.to_dict(), none.cfg.to_dict()) != ["name"]  # a fixed size a native stage never reads
+    suite = Suite(tmp_path, "tiny", procs=1, progress=False, say=lambda *a: None)
+    assert suite.key(row6) == suite.key(none) and suite.keys(row6)[1] != suite.keys(none)[1]
+    monkeypatch.setattr(Suite, "_train", lambda self, job, bar: pytest.fail(f"{job.slug} trained"))
+    suite_mod._write_json(suite.result_path(row6), {"table": "tab4", "row": "6", "seed": 0, "key": suite.keys(row6)[1],
+                                                    "final": {"accuracy": 0.5, "blank_accuracy": 0.1}})
+    assert suite.plan([none]) == [(none, 0)]
+    (got,) = suite.run([none])
+    assert got["same_run_as"] == "tab4-6-s0" and got["table"] == "tab5b" and got["row"] == "none"
+    assert got["final"] == {"accuracy": 0.5, "blank_accuracy": 0.1} and suite.done(none) == got
+
+
+def test_the_committed_results_are_served_by_this_code():
+    """A change to the keys that would silently rerun the committed suite (hours on 2 cores) fails here."""
+    from pathlib import Path
+
+    from minicomp.reproduce.suite import jobs_for
+    out = Path(__file__).resolve().parents[1] / "reproduce"
+    suite = Suite(out, "tiny", procs=2, progress=False)
+    jobs = jobs_for(["tab4", "tab5a", "tab5b"], 3, "tiny")
+    assert len(jobs) == 69 and [j.slug for j in jobs if suite.done(j) is None] == []

@@ -43,10 +43,19 @@ def models_digest(cfg: TrainConfig) -> dict:
     return out
 
 
-def config_key(cfg: TrainConfig, procs: int, upto: int | None = None) -> str:
+def _as_read(stage: dict) -> dict:
+    """A stage's fields as training reads them: a native-resolution stage never reads `fixed_size`
+    (two rows that differ only there, e.g. one inherited from a fixed-resolution base row, are one run)."""
+    return {k: v for k, v in stage.items() if not (k == "fixed_size" and stage.get("resolution") == "native")}
+
+
+def config_key(cfg: TrainConfig, procs: int, upto: int | None = None, legacy: bool = False) -> str:
     """A hash of everything that decides the weights and numbers of `cfg` through stage `upto`
-    (default: all stages, i.e. the whole result)."""
+    (default: all stages, i.e. the whole result). `legacy`: the key results were written under
+    before fields that are never read were left out (such results stand)."""
     d = {k: v for k, v in cfg.to_dict().items() if k not in UNKEYED}
+    if not legacy:
+        d["stages"] = [_as_read(s) for s in d["stages"]]
     if d["parallel"] == "ddp":  # the default, and the only mode when results were first keyed: their keys stand
         del d["parallel"]
     for part in ("vision", "llm"):  # a local folder is keyed by its contents (models_digest), not by where it lies

@@ -14,6 +14,8 @@
   (the data order of a stage depends on the seed and the stage alone, so the continuation equals
   a run from scratch). The cache holds the weights and meta.json, not the optimiser state: each
   stage starts a new optimiser.
+- **The same run twice.** Rows of two tables whose configs agree in every field that training reads
+  (a native stage never reads `fixed_size`) are one run: the second takes the first's result.
 - **Resume.** A run directory left by an interrupted suite, with the same config, is resumed
   from its last checkpoint; a finished result is never redone.
 """
@@ -126,17 +128,34 @@ class Suite:
     def key(self, job: Job, upto: int | None = None) -> str:
         return config_key(job.cfg, self._procs(job.cfg), upto)
 
+    def keys(self, job: Job, upto: int | None = None) -> tuple[str, str]:
+        """The key, and the legacy key that earlier results and caches were written under."""
+        return self.key(job, upto), config_key(job.cfg, self._procs(job.cfg), upto, legacy=True)
+
+    def _serves(self, job: Job, r: dict | None) -> bool:
+        return r is not None and (bool(r.get("by_resolution")) or not needs_sweep(job))
+
     def done(self, job: Job) -> dict | None:
         r = read_result(self.result_path(job))
-        ok = r is not None and r["key"] == self.key(job) and (r.get("by_resolution") or not needs_sweep(job))
-        return r if ok else None
+        return r if self._serves(job, r) and r["key"] in self.keys(job) else None
+
+    def twin(self, job: Job) -> dict | None:
+        """A finished result of another row of the registry (any table, same seed) whose config is this
+        job's in everything that is read: the same run, so its result is this job's."""
+        want = self.key(job)
+        for other in jobs_for(list(TABLES), job.seed + 1, self.preset):
+            if other.seed == job.seed and (other.table.name, other.row.key) != (job.table.name, job.row.key) \
+                    and self.key(other) == want and self._serves(job, r := self.done(other)):
+                return r
+        return None
 
     def cached_prefix(self, job: Job) -> tuple[int, Path] | None:
         """The last stage k whose stage-end checkpoint is cached for this job's config: (k, folder)."""
         for k in reversed(range(len(job.cfg.stages))):
-            folder = self.out / "cache" / self.key(job, k)
-            if (folder / "meta.json").is_file():
-                return k, folder
+            for key in self.keys(job, k):
+                folder = self.out / "cache" / key
+                if (folder / "meta.json").is_file():
+                    return k, folder
         return None
 
     def plan(self, jobs: list[Job]) -> list[tuple[Job, int]]:
@@ -147,11 +166,13 @@ class Suite:
             if self.done(job):
                 continue
             steps = 0
-            for k, s in enumerate(job.cfg.stages):
-                key = self.key(job, k)
-                if key not in have and not (self.out / "cache" / key / "meta.json").is_file():
-                    steps += s.steps
-                have.add(key)
+            if self.key(job) not in have and self.twin(job) is None:
+                for k, s in enumerate(job.cfg.stages):
+                    key = self.key(job, k)
+                    if key not in have and not any((self.out / "cache" / c / "meta.json").is_file()
+                                                   for c in self.keys(job, k)):
+                        steps += s.steps
+                    have.add(key)
             out.append((job, steps))
         return out
 
@@ -180,10 +201,16 @@ class Suite:
             for i, (job, steps) in enumerate(todo):
                 bar.set_description(f"{job.slug} ({i + 1}/{len(todo)})")
                 t0 = time.time()
-                result = self._train(job, bar)
+                twin = self.twin(job)
+                if twin is not None:  # another table's row is this run: its result, relabelled
+                    result = {**twin, "table": job.table.name, "row": job.row.key, "key": self.key(job),
+                              "same_run_as": f"{twin['table']}-{twin['row']}-s{twin['seed']}"}
+                else:
+                    result = self._train(job, bar)
                 _write_json(self.result_path(job), result)
                 self.say(f"{job.slug}: exact match {result['final']['accuracy']:.3f} (blank "
-                         f"{result['final']['blank_accuracy']:.3f}) in {(time.time() - t0) / 60:.1f} min")
+                         f"{result['final']['blank_accuracy']:.3f}) in {(time.time() - t0) / 60:.1f} min"
+                         + (f", the same run as {result['same_run_as']}" if twin is not None else ""))
         finally:
             bar.close()
         return [self.done(job) for job in jobs]
