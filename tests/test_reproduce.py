@@ -315,11 +315,13 @@ def test_rows_that_train_the_same_run_share_one_result(tmp_path, monkeypatch):
     assert suite.key(row6) == suite.key(none) and suite.keys(row6)[1] != suite.keys(none)[1]
     monkeypatch.setattr(Suite, "_train", lambda self, job, bar: pytest.fail(f"{job.slug} trained"))
     suite_mod._write_json(suite.result_path(row6), {"table": "tab4", "row": "6", "seed": 0, "key": suite.keys(row6)[1],
-                                                    "final": {"accuracy": 0.5, "blank_accuracy": 0.1}})
+                                                    "final": {"accuracy": 0.5, "blank_accuracy": 0.1},
+                                                    "stage_minutes": {"I": 0.2, "III": 4.0}})
     assert suite.plan([none]) == [(none, 0)]
     (got,) = suite.run([none])
     assert got["same_run_as"] == "tab4-6-s0" and got["table"] == "tab5b" and got["row"] == "none"
     assert got["final"] == {"accuracy": 0.5, "blank_accuracy": 0.1} and suite.done(none) == got
+    assert got["stage_minutes"] == {"I": 0.0, "III": 0.0}  # trained once: its minutes count in one table
 
 
 def test_the_committed_results_are_served_by_this_code():

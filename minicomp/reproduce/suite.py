@@ -204,7 +204,8 @@ class Suite:
                 twin = self.twin(job)
                 if twin is not None:  # another table's row is this run: its result, relabelled
                     result = {**twin, "table": job.table.name, "row": job.row.key, "key": self.key(job),
-                              "same_run_as": f"{twin['table']}-{twin['row']}-s{twin['seed']}"}
+                              "same_run_as": f"{twin['table']}-{twin['row']}-s{twin['seed']}",
+                              "stage_minutes": {s: 0.0 for s in twin.get("stage_minutes", {})}}  # trained once
                 else:
                     result = self._train(job, bar)
                 _write_json(self.result_path(job), result)
