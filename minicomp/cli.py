@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--list", action="store_true", help="print every row's exact overrides and stop")
     rep.add_argument("--seeds", type=_positive_int, default=3, help="seeds per row (0, 1, …)")
     rep.add_argument("--out", default="reproduce", help="results, cache, runs and the tables (default reproduce/)")
-    rep.add_argument("--preset", default="tiny", help="the recipe every row changes (tiny; tiny-short: an eighth of its steps; smoke: a quick check of the path)")
+    rep.add_argument("--preset", default="tiny", help="the recipe every row changes (tiny; tiny-short: an eighth of its steps; "
+                          "smoke: a quick check of the path)")
     rep.add_argument("--procs", type=_positive_int, default=None,
                      help="training processes per run (default: as many as the cores allow, as minicomp train)")
     rep.add_argument("--against", metavar="DIR", default=None,
