@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -57,8 +58,11 @@ def model_flops(model, batch) -> float:
 
 # ---- the tiny preset's step, as it trains ---------------------------------------------------
 
-def _setup(preset: str, stage_name: str, steps: int, sets: list[str] = ()):
-    """The preset's model, optimiser and step iterator for one stage (works on older trees too)."""
+def _setup(preset: str, stage_name: str, steps: int, sets: list[str] = (), world: int = 1):
+    """The preset's model, optimiser and step iterator for one stage (works on older trees too).
+    world > 1: this process is one rank of a DDP group over gloo (accelerate, as `minicomp train`
+    under its CPU launcher), with its share of every micro-batch step."""
+    import contextlib
     from torch.utils.data import DataLoader
     from minicomp.stage_data import StepBatches, build_dataset, sample_order
 
@@ -73,15 +77,31 @@ def _setup(preset: str, stage_name: str, steps: int, sets: list[str] = ()):
     ds = build_dataset(cfg.data[stage.data], cfg.seed)
     proc = model.processor(fixed_size=stage.fixed_size if stage.resolution == "fixed" else None,
                            min_tokens=stage.min_tokens, max_tokens=stage.max_tokens, max_length=stage.max_length)
-    batches = StepBatches(ds, proc, sample_order(len(ds), steps * G, cfg.seed), G, cfg.micro_batch, 0, 1,
+    rank, wrapped, no_sync = 0, model, lambda: contextlib.nullcontext()
+    if world > 1:  # as train.py: DDP through accelerate, every trainable parameter used in every step
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+        acc = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        rank = acc.process_index
+        wrapped, opt = acc.prepare(model, opt)
+        no_sync = lambda: acc.no_sync(wrapped)
+    batches = StepBatches(ds, proc, sample_order(len(ds), steps * G, cfg.seed), G, cfg.micro_batch, rank, world,
                           model.tokenizer.pad_token_id)
     loader = iter(DataLoader(batches, batch_size=None, num_workers=cfg.num_workers))
     params = [p for g in groups for p in g["params"]]
 
     def step() -> float:
         t = time.perf_counter()
-        for _ in range(batches.accum):
-            (model(next(loader)).loss / batches.accum).backward()
+        sums = torch.zeros(5)
+        for a in range(batches.accum):
+            b = next(loader)
+            with contextlib.nullcontext() if a == batches.accum - 1 else no_sync():
+                out = wrapped(b)
+                (out.loss / batches.accum).backward()
+            sums += torch.stack([out.loss.detach(), out.loss_dec.detach(), out.loss_align.detach(), torch.tensor(0.0),
+                                 b.attention_mask.sum().float()])
+        if world > 1:
+            torch.distributed.all_reduce(sums)  # train.py's per-step reduce of the logged losses
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -91,23 +111,58 @@ def _setup(preset: str, stage_name: str, steps: int, sets: list[str] = ()):
 
 
 def worker(args) -> None:
-    """Run steps on request: a line "N" on stdin -> N step times as one JSON line on stdout."""
-    cfg, stage, model, _, batches, step, G = _setup(args.preset, args.stage, args.steps, args.set)
+    """Run steps on request: a line "N" on rank 0's stdin -> N step times (rank 0's, which wait for
+    every rank at the gradient all-reduce) as one JSON line on its stdout."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg, stage, model, _, batches, step, G = _setup(args.preset, args.stage, args.steps, args.set, world)
     step(), step()  # warm-up
-    print(json.dumps({"ready": True, "global_batch": G, "micro_batch": cfg.micro_batch,
-                      "num_workers": cfg.num_workers}), flush=True)
-    for line in sys.stdin:
-        if line.strip() == "quit":
+    rank0 = world == 1 or torch.distributed.get_rank() == 0
+    if rank0:
+        print(json.dumps({"ready": True, "global_batch": G, "micro_batch": cfg.micro_batch,
+                          "num_workers": cfg.num_workers, "procs": world, "threads": torch.get_num_threads()}),
+              flush=True)
+    while True:
+        n = [int(line) if (line := sys.stdin.readline().strip()) not in ("", "quit") else 0] if rank0 else [0]
+        if world > 1:
+            torch.distributed.broadcast_object_list(n, src=0)
+        if not n[0]:
             break
-        print(json.dumps([step() for _ in range(int(line))]), flush=True)
+        times = [step() for _ in range(n[0])]
+        if rank0:
+            print(json.dumps(times), flush=True)
+    if world > 1:
+        torch.distributed.destroy_process_group()
 
 
-def _spawn(tree: Path, args, sets: list[str]) -> subprocess.Popen:
+class _Ranks:
+    """The processes of one worker group: rank 0's pipes, and a wait for all of them."""
+
+    def __init__(self, procs: list[subprocess.Popen]):
+        self.procs, self.stdin, self.stdout = procs, procs[0].stdin, procs[0].stdout
+
+    def wait(self) -> None:
+        for p in self.procs:
+            p.wait()
+
+
+def _spawn(tree: Path, args, sets: list[str], procs: int = 1) -> _Ranks:
+    """A worker on `tree`: one process with the machine's threads, or `procs` DDP ranks over gloo
+    with cores/procs threads each, as `minicomp train`'s CPU launcher starts them."""
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--preset", args.preset, "--stage", args.stage,
            "--steps", str(args.steps + 4), *(["--set", *sets] if sets else [])]
-    return subprocess.Popen(cmd, cwd=tempfile.gettempdir(), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+    if procs == 1:
+        return _Ranks([subprocess.Popen(cmd, cwd=tempfile.gettempdir(), env=env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(procs),
+               OMP_NUM_THREADS=str(max(1, (os.cpu_count() or procs) // procs)))
+    return _Ranks([subprocess.Popen(cmd, cwd=tempfile.gettempdir(), env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                                    stdin=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL, text=True)
+                   for r in range(procs)])
 
 
 def against(args) -> None:
@@ -119,7 +174,8 @@ def against(args) -> None:
                                  check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         names = {f"{args.against} (old)": old, "this tree": ROOT}
-        procs = {n: _spawn(t, args, args.set if t == ROOT else []) for n, t in names.items()}
+        counts = {names_: c for names_, c in zip(names, (args.old_procs, args.procs or _launcher_procs(args)))}
+        procs = {n: _spawn(t, args, args.set if t == ROOT else [], counts[n]) for n, t in names.items()}
         info = {n: json.loads(p.stdout.readline()) for n, p in procs.items()}
         times: dict[str, list[float]] = {n: [] for n in procs}
         per_turn = 3
@@ -133,26 +189,63 @@ def against(args) -> None:
             p.stdin.write("quit\n")
             p.stdin.flush()
             p.wait()
-    print(f"{args.preset}, stage {args.stage}, CPU fp32, {torch.get_num_threads()} threads; "
+    print(f"{args.preset}, stage {args.stage}, CPU fp32, {os.cpu_count()} cores; "
           f"{args.steps} steps each, taking turns {per_turn} at a time")
     base = None
     for n, ts in times.items():
         med = statistics.median(ts)
         i = info[n]
         base = base or med
-        print(f"  {n:22s} micro-batch {i['micro_batch']:2d}, workers {i['num_workers']}: step {med * 1000:6.0f} ms, "
-              f"{i['global_batch'] / med:5.1f} samples/s, {base / med:.2f}x")
+        print(f"  {n:22s} {i.get('procs', 1)} x {i.get('threads', '?')} thread(s), micro-batch {i['micro_batch']:2d}, "
+              f"workers {i['num_workers']}: step {med * 1000:6.0f} ms, {i['global_batch'] / med:5.1f} samples/s, "
+              f"{base / med:.2f}x")
+
+
+def _launcher_procs(args) -> int:
+    """The processes `minicomp train --procs auto` starts on this machine for the preset."""
+    from minicomp.launch import cpu_processes
+    return cpu_processes(load_config(args.preset, sets=args.set), os.cpu_count() or 1)
+
+
+def _run_group(args, procs: int) -> tuple[dict, list[float]]:
+    """The step as `minicomp train` runs it here: `procs` DDP ranks (or one process) in their own
+    processes -> (their info, args.steps step times)."""
+    group = _spawn(ROOT, args, args.set, procs)
+    info = json.loads(group.stdout.readline())
+    group.stdin.write(f"{args.steps}\n")
+    group.stdin.flush()
+    times = json.loads(group.stdout.readline())
+    group.stdin.write("quit\n")
+    group.stdin.flush()
+    group.wait()
+    return info, times
+
+
+def gemm_rate(m: int, k: int, n: int, seconds: float = 2.0) -> float:
+    """FLOP/s of an (m, k) @ (k, n) fp32 matmul in this process (its threads), over about `seconds`."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(5):
+        a @ b
+    reps, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        for _ in range(20):
+            a @ b
+        reps += 20
+    return 2 * m * k * n * reps / (time.perf_counter() - t)
 
 
 def split(args) -> None:
-    """Samples/s of the real step, then each part timed alone on the same micro-batches."""
+    """Samples/s of the step as the preset trains it (its processes), then each part timed alone,
+    here, with one process's threads, on one process's share of a step."""
     from minicomp.align import alignment_loss, pool_packed
 
-    cfg, stage, model, opt, batches, step, G = _setup(args.preset, args.stage, args.steps + 2, args.set)
-    step(), step()
-    steps = [step() for _ in range(args.steps)]
+    procs = args.procs or _launcher_procs(args)
+    info, steps = _run_group(args, procs)
     med = statistics.median(steps)
+    torch.set_num_threads(info["threads"])
+    cfg, stage, model, opt, batches, step, G = _setup(args.preset, args.stage, args.steps + 2, args.set)
     micro = [batches[k] for k in range(args.steps * batches.accum, (args.steps + 2) * batches.accum)]
+    share = batches.accum / procs  # micro-batches per process per step
     parts: dict[str, list[float]] = {}
 
     def timed(name, fn):
@@ -190,8 +283,8 @@ def split(args) -> None:
                 timed("alignment loss", lambda: alignment_loss(f_v, f_t, protos, model.word_prior, c.eps, c.temp,
                                                                c.n_iters, c.sinkhorn_mode, c.variant).backward())
         model.zero_grad(set_to_none=True)
-    per_step = {n: sum(v) / len(micro) * batches.accum for n, v in parts.items()}
-    per_step["data (prepare + collate)"] = statistics.mean(t_data) * batches.accum
+    per_step = {n: sum(v) / len(micro) * share for n, v in parts.items()}
+    per_step["data (prepare + collate)"] = statistics.mean(t_data) * share
     opt_t = []
     for _ in range(3):
         for p in model.parameters():
@@ -204,16 +297,29 @@ def split(args) -> None:
     per_step["optimiser (clip + AdamW)"] = statistics.median(opt_t)
     b = micro[0]
     print(f"{args.preset}, stage {stage.name} ({cfg.data[stage.data].get('task', 'file')} data), CPU fp32, "
-          f"{torch.get_num_threads()} threads: global batch {G} = {batches.accum} x micro-batch {cfg.micro_batch}, "
-          f"num_workers {cfg.num_workers}")
+          f"{procs} process(es) x {info['threads']} thread(s){' (DDP over gloo)' if procs > 1 else ''}: "
+          f"global batch {G} = {batches.accum} x micro-batch {cfg.micro_batch}, num_workers {cfg.num_workers}")
     print(f"step {med * 1000:.0f} ms (median of {len(steps)}), {G / med:.1f} samples/s; "
           f"LLM slots {b.attention_mask.numel()} for {int(b.attention_mask.sum())} real tokens (first micro-batch)")
-    print("parts, each timed alone (ms per step, share of the measured step):")
+    print(f"parts, each timed alone in one process with {info['threads']} thread(s), on one process's share of a step "
+          f"({share:g} micro-batch(es)) (ms per step, share of the measured step):")
     for n, v in sorted(per_step.items(), key=lambda kv: -kv[1]):
         print(f"  {n:26s} {v * 1000:7.0f}  {v / med:6.1%}")
     total = sum(per_step.values())
     print(f"  {'sum of parts':26s} {total * 1000:7.0f}  {total / med:6.1%}"
-          + ("  (data overlaps compute when num_workers > 0)" if cfg.num_workers else ""))
+          + ("  (data overlaps compute when num_workers > 0)" if cfg.num_workers else "")
+          + ("; the rest: gradient all-reduce, waiting for the slower rank, the processes sharing the machine"
+             if procs > 1 else ""))
+    # How close to the machine's arithmetic the step already is: the model's FLOPs against a plain
+    # matmul at the ViT's MLP shape, in this process alone with one process's threads.
+    flops = statistics.mean(model_flops(model, m) for m in micro if m.images) * share
+    fc1 = model.vision.blocks[0].mlp.fc1
+    tokens = sum(int(x.shape[1] * x.shape[2]) // model.vision.patch_size ** 2 for x in b.images)
+    rate = gemm_rate(tokens, fc1.in_features, fc1.out_features)
+    print(f"model FLOPs {flops / 1e9:.1f} GFLOP per process per step -> {flops / med / 1e9:.0f} GFLOP/s per process "
+          f"in the step, {flops / total / 1e9:.0f} in the parts alone; one ({tokens} x {fc1.in_features}) @ "
+          f"({fc1.in_features} x {fc1.out_features}) matmul here: {rate / 1e9:.0f} GFLOP/s with {info['threads']} "
+          f"thread(s)")
 
 
 def _fwd_bwd(fn):
@@ -344,6 +450,10 @@ def main():
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, as minicomp train (with --against: this tree only)")
     ap.add_argument("--against", metavar="REV", help="also run this git revision, taking turns with this tree")
+    ap.add_argument("--procs", type=int, default=None,
+                    help="DDP processes for this tree (default: as `minicomp train --procs auto` starts them here)")
+    ap.add_argument("--old-procs", type=int, default=1,
+                    help="with --against: DDP processes for the old revision (default 1: it had no CPU launcher)")
     ap.add_argument("--paper", action="store_true", help="paper-1b-siglip's architecture on CUDA")
     ap.add_argument("--batch", type=int, default=None, help="--paper: images per step (default: the preset's micro-batch)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="--paper: dense bf16 peak of the GPU")

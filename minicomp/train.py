@@ -161,7 +161,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
         params = [p for g in groups for p in g["params"]]
         bar = tqdm(range(start, steps), desc=f"stage {stage.name}", unit="step", disable=not (main and progress))
         for step in bar:
-            t0, sums, tokens, vis, n_img = time.time(), torch.zeros(4), 0, 0, 0
+            t0, sums, vis, n_img = time.time(), torch.zeros(5), 0, 0
             for a in range(batches.accum):
                 batch = next(it).to(accelerator.device)
                 for _, what in batch.skipped:  # failed when read, replaced by the next record
@@ -172,8 +172,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
                     o = wrapped(batch)
                     accelerator.backward(o.loss / batches.accum)
                 sums += torch.stack([o.loss.detach().float().cpu(), o.loss_dec.detach().float().cpu(),
-                                     o.loss_align.detach().float().cpu(), torch.tensor(len(batch.skipped) * 1.0)])
-                tokens += int(batch.attention_mask.sum())
+                                     o.loss_align.detach().float().cpu(), torch.tensor(len(batch.skipped) * 1.0),
+                                     batch.attention_mask.sum().float().cpu()])
                 vis += int((batch.input_ids == model.config.image_token_id).sum())
                 n_img += len(batch.images)
             totals = accelerator.reduce(sums.to(accelerator.device), "sum").cpu()  # over processes
@@ -194,7 +194,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
             rec = {"stage": stage.name, "step": step + 1, "global_step": meta["global_step"], "loss": loss,
                    "loss_dec": loss_dec, "loss_align": loss_align, "grad_norm": grad_norm,
                    **{f"lr_{g['name']}": g["lr"] for g in opt.param_groups},
-                   "tokens_per_s": tokens * accelerator.num_processes / (time.time() - t0),
+                   "tokens_per_s": float(totals[4]) / (time.time() - t0),  # every process's tokens
                    "visual_tokens_per_image": vis / max(1, n_img)}
             if main and (step + 1) % cfg.log_every == 0:
                 _log_line(metrics_file, rec)

@@ -8,7 +8,7 @@ import torch
 from minicomp.config import config_differences
 from minicomp.reproduce import list_rows
 from minicomp.reproduce.rows import TABLES, Row, Table, chain, dotted, row_config
-import minicomp.reproduce.machine as machine_mod
+import minicomp.environment as machine_mod
 import minicomp.reproduce.suite as suite_mod
 from minicomp.reproduce.suite import Job, Suite
 from minicomp.reproduce.tables import accuracy, difference, direction, table_data, to_markdown
@@ -123,6 +123,20 @@ def test_tables_name_the_machine_of_each_run():
     md = to_markdown(table_data(table, res), "c", "tiny")
     assert "cpu A: r-s0, u-s0; not recorded: r-s1; cpu B: u-s1." in md
     assert machine_mod.machine().endswith(f"{os.cpu_count()} cores, torch {torch.__version__}")  # what a result records
+
+
+def test_constraints_pin_the_libraries_that_results_record():
+    from pathlib import Path
+
+    import PIL
+    pins = {}
+    for line in (Path(__file__).parents[1] / "constraints.txt").read_text().splitlines():
+        if line.split("#")[0].strip():
+            name, version = line.split(";")[0].split("==")
+            pins[name.strip().lower()] = version.strip()
+    assert set(machine_mod.LIBRARIES) <= set(pins)  # every library a build log or result records is pinned
+    libs = machine_mod.libraries()
+    assert libs["torch"] == torch.__version__.split("+")[0] and libs["pillow"] == PIL.__version__
 
 
 def test_compare_lists_effects_resolved_in_either_suite(tmp_path, capsys):

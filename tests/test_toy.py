@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 from minicomp.cli import main
 from minicomp.data import make_sample, resize_fixed, to_tensor
 from minicomp.toy import TOY_LLM_PATH, TOY_VFM_PATHS
-from minicomp.toy.llm import _stream, evaluate, toy_texts
+from minicomp.toy.llm import _stream, corpus_digest, evaluate, toy_texts
+from minicomp.toy.tokenizer import build_tokenizer
 from minicomp.toy.probes import attentive_probe_accuracy, patch_probes, probe_accuracy
 from minicomp.toy.vfm import (ATTRIBUTES, attribute, build_toy_vfm, create_toy_vit, glyph_crops, measure_probes,
                               pooled_features, probe_images)
@@ -27,6 +28,17 @@ def test_shipped_toy_llm_loads_like_a_hub_model_and_is_trained():
     assert loss < log["val_loss"] + 0.5 and loss < log["val_loss_before"] - 3
 
 
+@pytest.mark.xfail(strict=True, reason="known: the shipped toy LLM was trained on the world of commit 8547351 "
+                   "(its tokenizer is exactly what that world's text gives); the larger titles of b9c510e changed how "
+                   "documents draw their aspect ratio, so today's text differs. Rebuilding it re-measures every toy "
+                   "number (README, 'The toy models'). When it is rebuilt this passes: remove the mark.")
+def test_the_shipped_toy_llm_was_built_on_todays_world():
+    train = toy_texts("train", 6000)  # build_toy_llm's defaults
+    tok = build_tokenizer([c for c, _ in train] + [t["value"] for _, conv in train for t in conv], vocab_size=2048)
+    shipped = json.loads((TOY_LLM_PATH / "tokenizer.json").read_text())
+    assert json.loads(tok.backend_tokenizer.to_str())["model"] == shipped["model"]
+
+
 def test_toy_build_from_scratch_smoke(tmp_path):
     assert main(["toy", "build", "--out", str(tmp_path), "--only", "llm", "--steps", "3"]) == 0
     assert main(["toy", "build", "--out", str(tmp_path / "again"), "--only", "llm", "--steps", "3"]) == 0
@@ -34,6 +46,9 @@ def test_toy_build_from_scratch_smoke(tmp_path):
         assert (tmp_path / "llm" / f).read_bytes() == (tmp_path / "again" / "llm" / f).read_bytes(), f
     log = json.loads((tmp_path / "llm" / "build_log.json").read_text())
     assert log["steps"] == 3 and log["val_loss"] < log["val_loss_before"]
+    again = json.loads((tmp_path / "again" / "llm" / "build_log.json").read_text())
+    assert log["corpus_sha256"] == again["corpus_sha256"] == corpus_digest(toy_texts("train", 6000))  # what it read
+    assert log["libraries"]["torch"] == torch.__version__.split("+")[0] and log["threads"] == torch.get_num_threads()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "llm")
     x = torch.tensor([[1, 2, 3]])
     assert model(input_ids=x).logits.shape == (1, 3, model.config.vocab_size)
@@ -126,6 +141,8 @@ def test_build_toy_vfm_smoke(tmp_path):
                       n_probe=30, n_test=30)  # bit-reproducible
         assert (tmp_path / kind / "model.safetensors").read_bytes() == \
             (tmp_path / f"{kind}-again" / "model.safetensors").read_bytes()
+        again = json.loads((tmp_path / f"{kind}-again" / "build_log.json").read_text())
+        assert log["images_sha256"] == again["images_sha256"] and set(log["libraries"]) >= {"pillow", "timm", "torch"}
     with pytest.raises(ValueError, match="tokenizer"):
         build_toy_vfm("siglip", tmp_path / "x", tokenizer=None, steps=1, n_train=8)
     with pytest.raises(ValueError, match="kind"):

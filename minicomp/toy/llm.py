@@ -3,6 +3,7 @@ pretrained on the synthetic world's text and saved with `save_pretrained`, so th
 through `from_pretrained(path)` exactly like Qwen2.5-0.5B."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 from transformers import Qwen2Config, Qwen2ForCausalLM, get_cosine_schedule_with_warmup
 
 from ..data.synthetic import make_sample
+from ..environment import libraries, machine
 from ..data.tokenize import to_messages
 from .tokenizer import build_tokenizer
 
@@ -27,6 +29,11 @@ def toy_texts(split: str, n: int, seed: int = 0) -> list[str]:
         s = make_sample(seed, split, i, render=False)
         out.append((s.caption, s.conversations))
     return out
+
+
+def corpus_digest(items) -> str:
+    """sha256 of `toy_texts` output: a rebuild on a changed world shows in its log."""
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
 def _stream(tokenizer, items) -> torch.Tensor:
@@ -80,7 +87,9 @@ def build_toy_llm(out: str | Path, n_train: int = 6000, n_val: int = 300, steps:
     log = {"val_loss_before": val_before, "val_loss": val_loss, "val_perplexity": math.exp(val_loss),
            "train_tokens": len(train_ids), "steps": steps, "batch": batch,
            "seq_len": seq_len, "parameters": sum(p.numel() for p in model.parameters()),
-           "vocab_size": len(tokenizer), "minutes": (time.time() - t0) / 60, "seed": seed}
+           "vocab_size": len(tokenizer), "minutes": (time.time() - t0) / 60, "seed": seed,
+           "corpus_sha256": corpus_digest(train), "threads": torch.get_num_threads(), "machine": machine(),
+           "libraries": libraries()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

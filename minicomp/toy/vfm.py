@@ -29,6 +29,7 @@ resolution was 0.52 against 0.36 for random weights.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -46,6 +47,7 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from ..data.resize import resize_fixed, resize_to_budget
 from ..data.labels import glyph_patch_labels, word_patch_labels
 from ..data.synthetic import GLYPHS, VOCAB, make_sample
+from ..environment import libraries, machine
 from .probes import (ATTRIBUTES, NATIVE_PATCHES, READING_ATTRIBUTES, RESOLUTION, attribute, attributes,
                      measure_probes, pooled_features, probe_images)
 
@@ -263,7 +265,9 @@ def build_toy_vfm(kind: str, out: str | Path, tokenizer: str | Path | None = Non
     if kind == "siglip":
         test_imgs, test_caps, _ = render_fixed("test", n_test, seed=seed + 1)
         log["retrieval_top1_of_100"] = retrieval_accuracy(objective, normalise(test_imgs, vit), tokens(test_caps))
-    log.update(parameters=sum(p.numel() for p in vit.parameters()), minutes=(time.time() - t0) / 60, seed=seed)
+    log.update(parameters=sum(p.numel() for p in vit.parameters()), minutes=(time.time() - t0) / 60, seed=seed,
+               images_sha256=hashlib.sha256(images.numpy().tobytes() + crops.numpy().tobytes()).hexdigest(),
+               threads=torch.get_num_threads(), machine=machine(), libraries=libraries())
     out = Path(out)
     save_for_hf(vit, out, safe_serialization=True, model_config={"pretrained_cfg": {
         "tag": f"minicomp_toy_{kind}", "license": "apache-2.0", "crop_pct": 1.0}})

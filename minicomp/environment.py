@@ -1,13 +1,32 @@
-"""Which machine a result was measured on. CPUs round floats differently (their vector units, the
-kernels PyTorch picks for them), so one config trained on two machines can differ by about a
-seed's spread; each result records its machine, and the tables name them."""
+"""Where a number was made: the machine and the library versions.
+
+CPUs round floats differently (their vector units, the kernels PyTorch picks for them), so one
+config trained on two machines can differ by about a seed's spread. The libraries matter too:
+the toy world is drawn by Pillow (its text through Pillow's FreeType), and a model's random
+initialisation is timm's and transformers'. Every reproduce result and every toy build log records
+both; `constraints.txt` pins the libraries the README installs."""
 from __future__ import annotations
 
 import os
 import platform
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+
+# the installed distributions that decide a toy number: kernels, initialisation, tokenisation, drawing
+LIBRARIES = ("torch", "timm", "transformers", "tokenizers", "accelerate", "pillow", "numpy", "safetensors")
+
+
+def libraries() -> dict[str, str]:
+    """{distribution: installed version} for LIBRARIES ("absent" where one is not installed)."""
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
 
 
 def machine() -> str:
