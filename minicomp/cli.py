@@ -105,13 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     world = toy_sub.add_parser("world", help="the toy world in numbers: chance levels, glyph sizes at each resolution")
     world.add_argument("--samples", type=int, default=300, help="documents and charts measured (each)")
-    build = toy_sub.add_parser("build", help="rebuild the toy LLM and both toy VFMs from scratch (~17 min on 2 cores)")
+    build = toy_sub.add_parser("build", help="rebuild the toy LLM and both toy VFMs from scratch (~12 min on 2 cores)")
     build.add_argument("--out", default=None, help="output folder (default: the shipped checkpoints folder)")
     build.add_argument("--only", choices=("llm", "vision", "siglip"), nargs="+", default=None,
                        help="rebuild only these (siglip needs the LLM's tokenizer in --out or the shipped one)")
-    build.add_argument("--steps", type=int, default=600, help="LLM pretraining steps")
+    build.add_argument("--steps", type=int, default=400, help="LLM pretraining steps (the shipped LLM: 600)")
     build.add_argument("--vfm-steps", type=int, default=None,
-                       help="pretraining steps of each toy VFM (default: 2400 for vision, 800 for siglip)")
+                       help="pretraining steps of each toy VFM (default: 1200 for vision, 800 for siglip; "
+                            "the shipped vision VFM: 2400)")
+    build.add_argument("--vfm-lr", type=float, default=None,
+                       help="peak learning rate of each toy VFM (default: 2e-3 for vision, 1e-3 for siglip; "
+                            "the shipped vision VFM: 1e-3)")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -221,7 +225,7 @@ def _toy_build(args) -> None:
     tokenizer = out / "llm" if (out / "llm" / "tokenizer.json").exists() else TOY_LLM_PATH
     for kind in ("vision", "siglip"):
         if kind in todo:
-            log = build_toy_vfm(kind, out / kind, tokenizer=tokenizer, steps=args.vfm_steps)
+            log = build_toy_vfm(kind, out / kind, tokenizer=tokenizer, steps=args.vfm_steps, lr=args.vfm_lr)
             extra = (f"; zero-shot retrieval top-1 of 100: {log['retrieval_top1_of_100']:.2f}"
                      if "retrieval_top1_of_100" in log else "")
             print(f"toy VFM ({kind}): {log['parameters']:,} parameters, pretrained at {log['resolution']}px in "

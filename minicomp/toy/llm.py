@@ -57,7 +57,7 @@ def evaluate(model, stream: torch.Tensor, seq_len: int) -> float:
     return float(sum(losses) / len(losses))
 
 
-def build_toy_llm(out: str | Path, n_train: int = 6000, n_val: int = 300, steps: int = 600, seq_len: int = 256,
+def build_toy_llm(out: str | Path, n_train: int = 6000, n_val: int = 300, steps: int = 400, seq_len: int = 256,
                   batch: int = 16, lr: float = 3e-3, vocab_size: int = 2048, seed: int = 0) -> dict:
     """Train the tokenizer and the model from scratch on the toy world's text; save both to `out`
     with a `build_log.json` holding the validation loss. Returns that log."""
@@ -85,7 +85,7 @@ def build_toy_llm(out: str | Path, n_train: int = 6000, n_val: int = 300, steps:
         sched.step()
     val_loss = evaluate(model, val_ids, seq_len)
     log = {"val_loss_before": val_before, "val_loss": val_loss, "val_perplexity": math.exp(val_loss),
-           "train_tokens": len(train_ids), "steps": steps, "batch": batch,
+           "train_tokens": len(train_ids), "steps": steps, "batch": batch, "lr": lr,
            "seq_len": seq_len, "parameters": sum(p.numel() for p in model.parameters()),
            "vocab_size": len(tokenizer), "minutes": (time.time() - t0) / 60, "seed": seed,
            "corpus_sha256": corpus_digest(train), "threads": torch.get_num_threads(), "machine": machine(),
