@@ -8,13 +8,18 @@
 
 A step is what `minicomp train` runs: the stage's own data task, processor and micro-batch, the
 `DataLoader` over `StepBatches` with the preset's `num_workers`, gradient accumulation to the
-global batch, clipping and AdamW. With --against, each tree runs in its own process (the old one
-from `git archive REV`), and the two take turns, a few steps each, so that both see the same
-machine; medians and the ratio come from that one run.
+global batch, clipping and AdamW, in the processes `minicomp train --procs auto` starts on this
+machine (on a CPU: DDP ranks over gloo with cores/procs threads each; `--procs N` to choose).
+With --against, each tree runs in its own processes (the old one from `git archive REV`, as one
+process by default, `--old-procs`: older trees had no CPU launcher), and the two take turns, a
+few steps each, so that both see the same machine; medians and the ratio come from that one run.
 
-The split by part times each part alone on the same micro-batches (vision, merger and LLM forward
-+ backward, the caption pass for F_t, the alignment loss, the optimiser, data preparation); their
-sum is printed beside the measured step, so what is not attributed is visible.
+The split by part times each part alone, in this process with one rank's threads, on one rank's
+share of a step (vision, merger and LLM forward + backward, the caption pass for F_t, the
+alignment loss, the optimiser, data preparation); their sum is printed beside the measured step,
+so what is not attributed (the all-reduce, waiting for the slower rank) is visible. Then the
+model's FLOP/s in the step beside a plain matmul at the ViT's MLP shape on the same threads: how
+far the step is from what this CPU does at its best.
 
 MFU (--paper) counts 6 FLOPs per parameter per token for the LLM and for the ViT's patches
 (forward + backward), plus the attention score and value products, over the step time and the
@@ -174,7 +179,7 @@ def against(args) -> None:
                                  check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         names = {f"{args.against} (old)": old, "this tree": ROOT}
-        counts = {names_: c for names_, c in zip(names, (args.old_procs, args.procs or _launcher_procs(args)))}
+        counts = dict(zip(names, (args.old_procs, args.procs or _launcher_procs(args))))  # name -> processes
         procs = {n: _spawn(t, args, args.set if t == ROOT else [], counts[n]) for n, t in names.items()}
         info = {n: json.loads(p.stdout.readline()) for n, p in procs.items()}
         times: dict[str, list[float]] = {n: [] for n in procs}
