@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     world = toy_sub.add_parser("world", help="the toy world in numbers: chance levels, glyph sizes at each resolution")
     world.add_argument("--samples", type=int, default=300, help="documents and charts measured (each)")
     build = toy_sub.add_parser("build", help="rebuild the toy LLM and both toy VFMs from scratch (~12 min on 2 cores)")
-    build.add_argument("--out", default=None, help="output folder (default: the shipped checkpoints folder)")
+    build.add_argument("--out", default="toy-build",
+                       help="output folder (default: ./toy-build). The shipped models, which every toy number "
+                            "was measured with, are replaced only when this names their folder, minicomp/toy/checkpoints")
     build.add_argument("--only", choices=("llm", "vision", "siglip"), nargs="+", default=None,
                        help="rebuild only these (siglip needs the LLM's tokenizer in --out or the shipped one)")
     build.add_argument("--steps", type=int, default=400, help="LLM pretraining steps (the shipped LLM: 600)")
@@ -212,10 +214,10 @@ def _toy_build(args) -> None:
 
     import time
 
-    from .toy import CHECKPOINTS, TOY_LLM_PATH, build_toy_llm, build_toy_vfm
+    from .toy import TOY_LLM_PATH, build_toy_llm, build_toy_vfm
 
     t0 = time.time()
-    out = Path(args.out) if args.out else CHECKPOINTS
+    out = Path(args.out)
     todo = args.only or ["llm", "vision", "siglip"]
     if "llm" in todo:
         log = build_toy_llm(out / "llm", steps=args.steps)

@@ -3,8 +3,9 @@
 CPUs round floats differently (their vector units, the kernels PyTorch picks for them), so one
 config trained on two machines can differ by about a seed's spread. The libraries matter too:
 the toy world is drawn by Pillow (its text through Pillow's FreeType), and a model's random
-initialisation is timm's and transformers'. Every reproduce result and every toy build log records
-both; `constraints.txt` pins the libraries the README installs."""
+initialisation is timm's and transformers'. Reproduce results and toy build logs written since
+2026-12-01 record both (the earlier ones: the machine at most); `constraints.txt` pins the
+libraries the README installs (and torchvision, which timm pairs with torch)."""
 from __future__ import annotations
 
 import os

@@ -54,6 +54,14 @@ def test_toy_build_from_scratch_smoke(tmp_path):
     assert model(input_ids=x).logits.shape == (1, 3, model.config.vocab_size)
 
 
+def test_toy_build_leaves_the_shipped_models_alone_by_default(tmp_path, monkeypatch):
+    shipped = (TOY_LLM_PATH / "model.safetensors").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert main(["toy", "build", "--only", "llm", "--steps", "1"]) == 0
+    assert (tmp_path / "toy-build" / "llm" / "model.safetensors").exists()
+    assert (TOY_LLM_PATH / "model.safetensors").read_bytes() == shipped
+
+
 # ---- toy VFMs -------------------------------------------------------------------------------
 
 
