@@ -153,6 +153,7 @@ class _Ranks:
 def _spawn(tree: Path, args, sets: list[str], procs: int = 1) -> _Ranks:
     """A worker on `tree`: one process with the machine's threads, or `procs` DDP ranks over gloo
     with cores/procs threads each, as `minicomp train`'s CPU launcher starts them."""
+    from minicomp.launch import threads_per_process
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--preset", args.preset, "--stage", args.stage,
            "--steps", str(args.steps + 4), *(["--set", *sets] if sets else [])]
@@ -163,7 +164,7 @@ def _spawn(tree: Path, args, sets: list[str], procs: int = 1) -> _Ranks:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(procs),
-               OMP_NUM_THREADS=str(max(1, (os.cpu_count() or procs) // procs)))
+               OMP_NUM_THREADS=str(threads_per_process(procs)))
     return _Ranks([subprocess.Popen(cmd, cwd=tempfile.gettempdir(), env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                                     stdin=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL, text=True)

@@ -18,10 +18,15 @@ def cpu_processes(cfg: TrainConfig, cores: int) -> int:
     return fits[-1]
 
 
+def threads_per_process(procs: int) -> int:
+    """The OpenMP threads each of `procs` processes gets: this machine's cores shared evenly."""
+    return max(1, (os.cpu_count() or procs) // procs)
+
+
 def launch(argv: list[str], procs: int, parallel: str = "ddp") -> int:
     """Become torchrun running this command as `procs` processes on this machine (exec: the pid
     stays, so a signal to it reaches the launcher, and the workers die with it, see `die_with_launcher`)."""
-    threads = max(1, (os.cpu_count() or procs) // procs)
+    threads = threads_per_process(procs)
     print(f"training with {procs} processes x {threads} thread(s) ({parallel.upper()} on CPU; --procs 1 for one process)",
           flush=True)
     os.environ.update(OMP_NUM_THREADS=str(threads), MINICOMP_LAUNCHER=str(os.getpid()))

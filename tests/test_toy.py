@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 from minicomp.cli import main
 from minicomp.data import make_sample, resize_fixed, to_tensor
 from minicomp.toy import TOY_LLM_PATH, TOY_VFM_PATHS
-from minicomp.toy.llm import _stream, corpus_digest, evaluate, toy_texts
+from minicomp.toy.llm import _stream, corpus_digest, evaluate, tokenizer_corpus, toy_texts
 from minicomp.toy.tokenizer import build_tokenizer
 from minicomp.toy.probes import attentive_probe_accuracy, patch_probes, probe_accuracy
 from minicomp.toy.vfm import (ATTRIBUTES, attribute, build_toy_vfm, create_toy_vit, glyph_crops, measure_probes,
@@ -34,7 +34,7 @@ def test_shipped_toy_llm_loads_like_a_hub_model_and_is_trained():
                    "number (README, 'The toy models'). When it is rebuilt this passes: remove the mark.")
 def test_the_shipped_toy_llm_was_built_on_todays_world():
     train = toy_texts("train", 6000)  # build_toy_llm's defaults
-    tok = build_tokenizer([c for c, _ in train] + [t["value"] for _, conv in train for t in conv], vocab_size=2048)
+    tok = build_tokenizer(tokenizer_corpus(train), vocab_size=2048)
     shipped = json.loads((TOY_LLM_PATH / "tokenizer.json").read_text())
     assert json.loads(tok.backend_tokenizer.to_str())["model"] == shipped["model"]
 

@@ -31,6 +31,11 @@ def toy_texts(split: str, n: int, seed: int = 0) -> list[str]:
     return out
 
 
+def tokenizer_corpus(items) -> list[str]:
+    """The texts the tokenizer is trained on: every caption, then every turn of every conversation."""
+    return [c for c, _ in items] + [t["value"] for _, conv in items for t in conv]
+
+
 def corpus_digest(items) -> str:
     """sha256 of `toy_texts` output: a rebuild on a changed world shows in its log."""
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()
@@ -64,8 +69,7 @@ def build_toy_llm(out: str | Path, n_train: int = 6000, n_val: int = 300, steps:
     t0 = time.time()
     torch.manual_seed(seed)
     train, val = toy_texts("train", n_train, seed), toy_texts("val", n_val, seed)
-    texts = [c for c, _ in train] + [t["value"] for _, conv in train for t in conv]
-    tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer = build_tokenizer(tokenizer_corpus(train), vocab_size=vocab_size)
     train_ids, val_ids = _stream(tokenizer, train), _stream(tokenizer, val)
     config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **TOY_LLM)
