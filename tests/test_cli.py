@@ -52,6 +52,7 @@ def test_cli_refuses_bad_values_and_overwrites_nothing(tmp_path, capsys):
         (["prior", "--tokenizer", str(tmp_path / "no-such-tokenizer"), "--synthetic", "5", "--out",
           str(tmp_path / "y")], "no such folder"),
         (["demo", "--rope-theta", "nan"], "expected a finite number > 0"),
+        (["toy", "build", "--out", str(tmp_path / "b"), "--jobs", "0"], "expected a positive integer"),
     ):
         with pytest.raises(SystemExit) as e:
             main(argv)

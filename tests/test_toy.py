@@ -8,9 +8,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 from minicomp.cli import main
 from minicomp.data import make_sample, resize_fixed, to_tensor
 from minicomp.toy import TOY_LLM_PATH, TOY_VFM_PATHS
+from minicomp.toy.build import build_toy_models
 from minicomp.toy.llm import _stream, corpus_digest, evaluate, tokenizer_corpus, toy_texts
 from minicomp.toy.tokenizer import build_tokenizer
-from minicomp.toy.probes import attentive_probe_accuracy, patch_probes, probe_accuracy
+from minicomp.toy.probes import attentive_probe_accuracy, encode, patch_features, patch_probes, probe_accuracy
 from minicomp.toy.vfm import (ATTRIBUTES, attribute, build_toy_vfm, create_toy_vit, glyph_crops, measure_probes,
                               pooled_features, probe_images)
 
@@ -41,16 +42,20 @@ def test_the_shipped_toy_llm_was_built_on_todays_world():
 
 def test_toy_build_from_scratch_smoke(tmp_path):
     assert main(["toy", "build", "--out", str(tmp_path), "--only", "llm", "--steps", "3"]) == 0
-    assert main(["toy", "build", "--out", str(tmp_path / "again"), "--only", "llm", "--steps", "3"]) == 0
-    for f in ("model.safetensors", "tokenizer.json"):  # bit-reproducible
+    assert main(["toy", "build", "--out", str(tmp_path / "again"), "--only", "llm", "--steps", "3", "--jobs", "1"]) == 0
+    for f in ("model.safetensors", "tokenizer.json"):  # bit-reproducible, whatever --jobs
         assert (tmp_path / "llm" / f).read_bytes() == (tmp_path / "again" / "llm" / f).read_bytes(), f
     log = json.loads((tmp_path / "llm" / "build_log.json").read_text())
     assert log["steps"] == 3 and log["val_loss"] < log["val_loss_before"]
     again = json.loads((tmp_path / "again" / "llm" / "build_log.json").read_text())
     assert log["corpus_sha256"] == again["corpus_sha256"] == corpus_digest(toy_texts("train", 6000))  # what it read
-    assert log["libraries"]["torch"] == torch.__version__.split("+")[0] and log["threads"] == torch.get_num_threads()
+    assert log["libraries"]["torch"] == torch.__version__.split("+")[0]
+    assert log["threads"] == 1  # each build single-threaded: its bits do not depend on the machine's cores
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "llm")
     x = torch.tensor([[1, 2, 3]])
+    for bad, says in (({"only": ["dino"]}, "only="), ({"jobs": 0}, "jobs=")):
+        with pytest.raises(ValueError, match=says):
+            list(build_toy_models(tmp_path / "bad", **bad))
     assert model(input_ids=x).logits.shape == (1, 3, model.config.vocab_size)
 
 
@@ -99,6 +104,18 @@ def test_pooled_features_equal_timm_at_the_pretraining_resolution():
         x = torch.randn(3, 3, 64, 64)
         ref = vit.forward_head(vit.forward_features(x), pre_logits=True)  # timm's own pooled embedding
         torch.testing.assert_close(pooled_features(vit, list(x)), ref, atol=1e-5, rtol=1e-5)
+        ref_tokens = vit.forward_features(x)[:, vit.num_prefix_tokens:]  # (3, 64, D) timm's patch tokens
+        torch.testing.assert_close(torch.stack(patch_features(vit, list(x))), ref_tokens, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_probes_on_given_features_equal_those_they_compute():
+    """measure_probes runs one forward per split and hands its patch tokens to patch_probes."""
+    vit = create_toy_vit("vision").eval()
+    train, test = probe_images("train", 12), probe_images("test", 8)
+    pixels = [[to_tensor(resize_fixed(im, 64), vit.pretrained_cfg["mean"], vit.pretrained_cfg["std"]) for im in imgs]
+              for imgs, _, _ in (train, test)]
+    given = tuple(encode(vit, px)[1] for px in pixels)
+    assert patch_probes(vit, train, test, features=given) == patch_probes(vit, train, test)
 
 
 @pytest.mark.parametrize("kind", ["vision", "siglip"])

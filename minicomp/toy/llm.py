@@ -63,9 +63,10 @@ def evaluate(model, stream: torch.Tensor, seq_len: int) -> float:
 
 
 def build_toy_llm(out: str | Path, n_train: int = 6000, n_val: int = 300, steps: int = 400, seq_len: int = 256,
-                  batch: int = 16, lr: float = 3e-3, vocab_size: int = 2048, seed: int = 0) -> dict:
+                  batch: int = 16, lr: float = 3e-3, vocab_size: int = 2048, seed: int = 0, position: int = 0) -> dict:
     """Train the tokenizer and the model from scratch on the toy world's text; save both to `out`
-    with a `build_log.json` holding the validation loss. Returns that log."""
+    with a `build_log.json` holding the validation loss. Returns that log. `position`: the
+    progress bar's row (builds side by side)."""
     t0 = time.time()
     torch.manual_seed(seed)
     train, val = toy_texts("train", n_train, seed), toy_texts("val", n_val, seed)
@@ -78,7 +79,7 @@ def build_toy_llm(out: str | Path, n_train: int = 6000, n_val: int = 300, steps:
     sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 30), steps)
     g = torch.Generator().manual_seed(seed)
     val_before = evaluate(model, val_ids, seq_len)
-    for _ in tqdm(range(steps), desc="toy LLM", unit="step"):
+    for _ in tqdm(range(steps), desc="toy LLM", unit="step", position=position):
         starts = torch.randint(0, len(train_ids) - seq_len - 1, (batch,), generator=g)
         x = torch.stack([train_ids[s:s + seq_len] for s in starts.tolist()])  # (batch, seq_len)
         loss = model(input_ids=x, labels=x).loss

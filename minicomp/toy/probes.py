@@ -69,19 +69,26 @@ def _encoder(vit: nn.Module) -> CRoPEViT:
 
 
 @torch.no_grad()
-def pooled_features(vit: nn.Module, images: list[torch.Tensor], batch: int = 64) -> torch.Tensor:
-    """The ViT's own pooled embedding (timm's forward_head, pre-logits) of images of any size ->
-    (n, D). `vit`: a timm ViT (run with RoPE off) or a `CRoPEViT` (run as it is)."""
+def encode(vit: nn.Module, images: list[torch.Tensor], batch: int = 64) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One forward of images of any size -> (the ViT's own pooled embedding (n, D): timm's
+    forward_head, pre-logits; the final-layer patch tokens, a list of (h_i * w_i, D)). `vit`: a
+    timm ViT (run with RoPE off) or a `CRoPEViT` (run as it is)."""
     enc = _encoder(vit)
     vit = enc.timm_model.eval()
-    out = []
+    pooled, patches = [], []
     for i in range(0, len(images), batch):
         packed = enc(images[i:i + batch])
         for j, t in enumerate(packed.split()):  # (N_i, D)
+            patches.append(t)
             if packed.prefix is not None:  # timm's pooling expects the prefix tokens in front
                 t = torch.cat([packed.prefix[j], t])  # (n_prefix + N_i, D)
-            out.append(vit.forward_head(t[None], pre_logits=True)[0])  # "avg", "token" or "map" pooling, fc_norm
-    return torch.stack(out)
+            pooled.append(vit.forward_head(t[None], pre_logits=True)[0])  # "avg", "token" or "map" pooling, fc_norm
+    return torch.stack(pooled), patches
+
+
+def pooled_features(vit: nn.Module, images: list[torch.Tensor], batch: int = 64) -> torch.Tensor:
+    """The ViT's own pooled embedding of images of any size -> (n, D) (`encode`)."""
+    return encode(vit, images, batch)[0]
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 200, weight_decay: float = 1e-3) -> nn.Module:
@@ -138,11 +145,9 @@ def _resize(img, patch: int, size: int | None, max_patches: int):
     return resize_fixed(img, size) if size else resize_to_budget(img, patch, 1, 1, max_patches)
 
 
-@torch.no_grad()
 def patch_features(vit: nn.Module, images: list[torch.Tensor], batch: int = 64) -> list[torch.Tensor]:
-    """Final-layer patch tokens of images of any size (CRoPEViT, RoPE off): list of (h_i * w_i, D)."""
-    enc = _encoder(vit)
-    return [t for i in range(0, len(images), batch) for t in enc(images[i:i + batch]).split()]
+    """Final-layer patch tokens of images of any size: list of (h_i * w_i, D) (`encode`)."""
+    return encode(vit, images, batch)[1]
 
 
 def _labels(target: str, meta: dict, hw: tuple[int, int], patch: int) -> torch.Tensor:
@@ -153,19 +158,22 @@ def _labels(target: str, meta: dict, hw: tuple[int, int], patch: int) -> torch.T
 
 
 def patch_probes(vit: nn.Module, train, test, size: int | None = RESOLUTION, max_patches: int = NATIVE_PATCHES,
-                 targets: tuple[str, ...] = ("glyph", "word", "segment"), max_per_image: int = 24) -> dict:
+                 targets: tuple[str, ...] = ("glyph", "word", "segment"), max_per_image: int = 24,
+                 features: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None) -> dict:
     """Linear probes on single patch tokens, with images squashed to size×size or (size=None) at
     native resolution within `max_patches`. Targets: "glyph" (the character centred in the patch;
     patches holding a centre count), "word" (the word the patch lies in; patches inside a word
     count) and "segment" (text, bar, circle, square, triangle or background, from the rendered
     per-pixel ground truth; every patch counts). At most `max_per_image` patches per image
     (evenly spaced). -> {target: {"accuracy", "chance" (the commonest label), "n"} (+ "miou",
-    the mean intersection over union over classes, for "segment")}."""
+    the mean intersection over union over classes, for "segment")}. `features`: the patch tokens
+    of train and test at these sizes where they were computed already (`encode`)."""
     cfg, p = vit.pretrained_cfg, vit.patch_embed.patch_size[0]
     data = {t: [None, None] for t in targets}  # target -> [train, test], each (features, labels)
     for split, (imgs, _, metas) in enumerate((train, test)):
         sized = [_resize(im, p, size, max_patches) for im in imgs]
-        feats = patch_features(vit, [to_tensor(im, cfg["mean"], cfg["std"]) for im in sized])
+        feats = features[split] if features is not None else \
+            patch_features(vit, [to_tensor(im, cfg["mean"], cfg["std"]) for im in sized])
         for t in targets:
             x, y = [], []
             for f, im, m in zip(feats, sized, metas):
@@ -203,14 +211,13 @@ def measure_probes(vit: nn.Module, train, test, size: int | None = RESOLUTION, m
     cfg, p = vit.pretrained_cfg, vit.patch_embed.patch_size[0]
     pixels = [[to_tensor(_resize(im, p, size, max_patches), cfg["mean"], cfg["std"]) for im in imgs]
               for imgs, _, _ in (train, test)]
+    pooled, patches = zip(*(encode(vit, px) for px in pixels))  # one forward per split serves every probe
     if attentive:
-        feats = [patch_features(vit, px) for px in pixels]
-        out = attentive_probe_accuracy(feats[0], train[1], feats[1], test[1], steps=attentive_steps)
+        out = attentive_probe_accuracy(patches[0], train[1], patches[1], test[1], steps=attentive_steps)
     else:
-        feats = [pooled_features(vit, px) for px in pixels]
-        out = probe_accuracy(feats[0], train[1], feats[1], test[1])
+        out = probe_accuracy(pooled[0], train[1], pooled[1], test[1])
     if glyphs:
-        pp = patch_probes(vit, train, test, size, max_patches)
+        pp = patch_probes(vit, train, test, size, max_patches, features=patches)
         out.update({t: r["accuracy"] for t, r in pp.items()})
         out["segment_miou"] = pp["segment"]["miou"]
     return out

@@ -219,11 +219,12 @@ LR = {"vision": 2e-3, "siglip": 1e-3}  # peak learning rate per kind (AdamW, cos
 
 def build_toy_vfm(kind: str, out: str | Path, tokenizer: str | Path | None = None, steps: int | None = None,
                   batch: int = 32, lr: float | None = None, n_train: int = 8000, n_probe: int = 1000,
-                  n_test: int = 500, seed: int = 0) -> dict:
+                  n_test: int = 500, seed: int = 0, position: int = 0) -> dict:
     """Pretrain a toy VFM from scratch at 64×64 (squashed images and glyph crops, `batch` of each
     per step), measure its probes at 64 px and at native resolution (and, for siglip, zero-shot
     retrieval) against the same ViT with random weights, and save it to `out` (timm format) with
-    a `build_log.json`. `tokenizer` (a saved tokenizer dir) is needed for siglip."""
+    a `build_log.json`. `tokenizer` (a saved tokenizer dir) is needed for siglip. `position`: the
+    progress bar's row (builds side by side)."""
     t0 = time.time()
     steps = STEPS[kind] if steps is None else steps
     lr = LR[kind] if lr is None else lr
@@ -248,7 +249,7 @@ def build_toy_vfm(kind: str, out: str | Path, tokenizer: str | Path | None = Non
     g = torch.Generator().manual_seed(seed)
     losses = []
     objective.train()
-    for _ in tqdm(range(steps), desc=f"toy VFM ({kind})", unit="step"):
+    for _ in tqdm(range(steps), desc=f"toy VFM ({kind})", unit="step", position=position):
         idx, cdx = torch.randint(0, n_train, (batch,), generator=g), torch.randint(0, n_train, (batch,), generator=g)
         if kind == "vision":
             loss = objective(x_all[idx], y_all[idx], c_all[cdx], crop_glyphs[cdx])
