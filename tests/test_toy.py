@@ -29,10 +29,6 @@ def test_shipped_toy_llm_loads_like_a_hub_model_and_is_trained():
     assert loss < log["val_loss"] + 0.5 and loss < log["val_loss_before"] - 3
 
 
-@pytest.mark.xfail(strict=True, reason="known: the shipped toy LLM was trained on the world of commit 8547351 "
-                   "(its tokenizer is exactly what that world's text gives); the larger titles of b9c510e changed how "
-                   "documents draw their aspect ratio, so today's text differs. Rebuilding it re-measures every toy "
-                   "number (README, 'The toy models'). When it is rebuilt this passes: remove the mark.")
 def test_the_shipped_toy_llm_was_built_on_todays_world():
     train = toy_texts("train", 6000)  # build_toy_llm's defaults
     tok = build_tokenizer(tokenizer_corpus(train), vocab_size=2048)
