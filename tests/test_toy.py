@@ -1,4 +1,8 @@
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import timm
@@ -179,3 +183,43 @@ def test_the_title_can_be_read_off_the_llms_input():
 
     r = llm_input_probe(mc.CoMPModel.from_preset("tiny").eval(), (200, 100))
     assert r["first"] > 0.6 > r["chance"] and r["first"] > r["mean"] + 0.2 and r["n_test"] == 100
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_toy_build_processes_die_with_the_command(tmp_path):
+    """SIGKILL to `minicomp toy build` leaves no build process running on into the folder."""
+    cmd = [sys.executable, "-m", "minicomp.cli", "toy", "build", "--out", str(tmp_path), "--only", "llm", "vision"]
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as err:
+        parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+
+    def children() -> set[int]:
+        kids = set()
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields.get("PPid", "0")) == parent.pid:
+                kids.add(int(status.parent.name))
+        return kids
+
+    deadline = time.time() + 300
+    while not all(bar in log.read_text() for bar in ("toy LLM", "render train")) and time.time() < deadline:
+        time.sleep(0.5)  # both builds are past their start-up: each has drawn its first progress bar
+    kids = children()
+    assert len(kids) >= 2, f"the build processes never started: {log.read_text()[-2000:]}"
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 30
+
+    def alive(pid: int) -> bool:
+        try:
+            return "\tZ" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1][:4]
+        except (OSError, IndexError):
+            return False
+
+    while any(alive(pid) for pid in kids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in kids)
+    assert not (tmp_path / "vision" / "model.safetensors").exists()

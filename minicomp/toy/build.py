@@ -8,8 +8,11 @@ keep two threads busy). `jobs` only changes how many run at once, never what the
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Iterator
@@ -19,8 +22,14 @@ import torch
 KINDS = ("llm", "vision", "siglip")
 
 
-def _single_threaded() -> None:
+def _worker(parent: int) -> None:
+    """Each build process: one thread, and (Linux) SIGKILL when the command that started it dies,
+    even by SIGKILL, so that no orphan keeps building into the output folder."""
     torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before the line above
+            os._exit(1)
 
 
 def _build_one(kind: str, out: Path, position: int, llm_steps: int, vfm_steps: int | None,
@@ -57,7 +66,8 @@ def build_toy_models(out: str | Path, only: list[str] | None = None, jobs: int |
     beside = jobs > 1 and todo != ["vision"]
     position = {"llm": 0, "siglip": 0, "vision": int(beside)}  # progress-bar rows
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked thread pools
-    with ProcessPoolExecutor(max_workers=min(jobs, 2), mp_context=context, initializer=_single_threaded) as pool:
+    with ProcessPoolExecutor(max_workers=min(jobs, 2), mp_context=context, initializer=_worker,
+                             initargs=(os.getpid(),)) as pool:
         submit = lambda kind: pool.submit(_build_one, kind, out, position[kind], llm_steps, vfm_steps, vfm_lr)
         running = {submit(kind): kind for kind in ("llm", "vision") if kind in todo}
         if "siglip" in todo and "llm" not in todo:
