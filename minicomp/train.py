@@ -194,7 +194,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data_root: st
             rec = {"stage": stage.name, "step": step + 1, "global_step": meta["global_step"], "loss": loss,
                    "loss_dec": loss_dec, "loss_align": loss_align, "grad_norm": grad_norm,
                    **{f"lr_{g['name']}": g["lr"] for g in opt.param_groups},
-                   "tokens_per_s": float(totals[4]) / (time.time() - t0),  # every process's tokens
+                   "tokens": int(totals[4]), "tokens_per_s": float(totals[4]) / (time.time() - t0),  # every process's
                    "visual_tokens_per_image": vis / max(1, n_img)}
             if main and (step + 1) % cfg.log_every == 0:
                 _log_line(metrics_file, rec)

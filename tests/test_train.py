@@ -160,7 +160,7 @@ def test_smoke_run_end_to_end(smoke_run):
     rows = _metrics(out)
     assert len(rows) == sum(s.steps for s in cfg.stages) == meta["global_step"]
     for r in rows.values():
-        assert {"stage", "step", "loss", "loss_dec", "loss_align", "grad_norm", "tokens_per_s",
+        assert {"stage", "step", "loss", "loss_dec", "loss_align", "grad_norm", "tokens", "tokens_per_s",
                 "visual_tokens_per_image"} <= set(r)
         assert all(torch.isfinite(torch.tensor(r[k])) for k in ("loss", "loss_dec", "loss_align", "grad_norm"))
     caption = [r for r in rows.values() if r["stage"] != "III"]  # stages I–II share the captioning task
@@ -294,6 +294,7 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):
     for step in a:
         for k in ("loss_dec", "loss_align"):
             assert abs(a[step][k] - b[step][k]) <= 1e-5 * abs(a[step][k]), (step, k)
+        assert a[step]["tokens"] == b[step]["tokens"] > 0  # the step's tokens, summed over both processes
     wa = load_file(str(mtrain.checkpoints(one)[-1] / "model.safetensors"))
     wb = load_file(str(mtrain.checkpoints(two)[-1] / "model.safetensors"))
     assert wa.keys() == wb.keys()
