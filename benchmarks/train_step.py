@@ -465,6 +465,11 @@ def main():
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="--paper: dense bf16 peak of the GPU")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    try:  # each tree's processes compute as its `minicomp train` does (older trees did not flush)
+        from minicomp.environment import flush_denormals
+        flush_denormals()
+    except ImportError:
+        pass
     if args.worker:
         worker(args)
     elif args.paper:

@@ -31,6 +31,8 @@ def _positive_float(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .environment import flush_denormals
+    flush_denormals()  # first: the threads started later take its float mode
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:  # the main job has its own options (minicomp train --help)
         from .train import main as train_main

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .config import PRESETS, RESUME_SAFE, TrainConfig, load_config, load_saved_config
+from .environment import flush_denormals
 from .evaluate import resolution_sweep, with_control
 from .model import CoMPModel
 from .checkpoint import checkpoints, load_checkpoint, load_sharded_state, nonfinite_state, save_checkpoint
@@ -365,6 +366,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    flush_denormals()  # first: the threads started later take its float mode (torchrun's workers start here)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     cfg = config_from_args(args)

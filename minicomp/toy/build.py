@@ -19,12 +19,15 @@ from typing import Iterator
 
 import torch
 
+from ..environment import flush_denormals
+
 KINDS = ("llm", "vision", "siglip")
 
 
 def _worker(parent: int) -> None:
     """Each build process: one thread, and (Linux) SIGKILL when the command that started it dies,
     even by SIGKILL, so that no orphan keeps building into the output folder."""
+    flush_denormals()
     torch.set_num_threads(1)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
