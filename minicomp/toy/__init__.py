@@ -2,7 +2,8 @@
 and two toy VFMs, vision-only and SigLIP-like.
 
 The built checkpoints ship in `minicomp/toy/checkpoints/`; `minicomp toy build`
-(`build_toy_models`) builds them from scratch."""
+(`build_toy_models`) builds them from scratch: the same bits on the machine and libraries that
+each `build_log.json` names (two builds there were identical; another CPU rounds differently)."""
 from pathlib import Path
 
 from .build import build_toy_models
