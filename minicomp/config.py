@@ -44,7 +44,7 @@ class TrainConfig:
     eval_budgets: list[int] = field(default_factory=list)  # native token budgets the final model is also asked at
     eval_stages: str = "all"  # evaluate after "all" stages, or the "last" only (minicomp reproduce reads the final model)
     eval_sweep: bool = True  # the final model also at every stage's resolution and each of eval_budgets
-    num_workers: int = 0
+    num_workers: int = 1  # DataLoader processes per rank: the next micro-batches are prepared while this one trains
     parallel: str = "ddp"  # across processes: "ddp" (whole replicas) or "fsdp2" (sharded, minicomp.shard)
     strict_data: bool = False  # a bad record raises, naming it, instead of being counted and skipped
 
