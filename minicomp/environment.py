@@ -8,7 +8,7 @@ initialisation is timm's and transformers'. Reproduce results and toy build logs
 libraries the README installs (and torchvision, which timm pairs with torch).
 
 Every minicomp process computes with subnormal floats flushed to zero (`flush_denormals`): the
-same bits in the toy's training, several times faster attention on a CPU."""
+same bits in the toy's training steps we compared, several times faster attention on a CPU."""
 from __future__ import annotations
 
 import os
@@ -57,8 +57,8 @@ def flush_denormals() -> None:
     An x86 core computes on subnormals up to ~100× slower than on normal floats, and attention
     makes them: the probabilities of far-off keys underflow (exp of a very negative score). The
     toy ViT's attention backward ran ~5× slower for it. The results do not change: a subnormal
-    added to a normal fp32 number leaves it as it was, and the toy's training steps give the same
-    bits either way (tests/test_environment.py). Call it first in a process, before any parallel
-    operation: OpenMP's threads take the float mode of the thread that starts them (called later,
-    it reaches only the calling thread). No effect on GPUs' own arithmetic."""
+    added to a normal fp32 number leaves it as it was, and three of the tiny preset's training
+    steps give the same bits either way (tests/test_environment.py). Call it first in a process,
+    before any parallel operation: OpenMP's threads take the float mode of the thread that starts
+    them (called later, it reaches only the calling thread). No effect on GPUs' own arithmetic."""
     torch.set_flush_denormal(True)
