@@ -61,3 +61,19 @@ print(h.hexdigest())
 def test_training_steps_give_the_same_bits_with_subnormals_flushed():
     """Three tiny-preset steps at native resolution (where the ViT's attention makes subnormals)."""
     assert _run(STEPS.format(call="flush_denormals()")) == _run(STEPS.format(call=""))
+
+
+def test_every_entry_point_flushes_first():
+    """The CLI, a training worker (`python -m minicomp.train`) and a toy build process each leave
+    their thread flushing (a subnormal times one is zero): removing a call fails here."""
+    code = """
+import os, torch
+{call}
+print(float(torch.tensor(1e-39) * 1.0))
+"""
+    calls = {"cli": "from minicomp.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+             "train": "from minicomp.train import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+             "toy build": "from minicomp.toy.build import _worker\n_worker(os.getppid())"}
+    assert _run(code.format(call="")) != "0.0"  # not flushed by default
+    for name, call in calls.items():
+        assert _run(code.format(call=call)) == "0.0", name
