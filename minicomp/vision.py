@@ -199,8 +199,9 @@ class CRoPEViT(nn.Module):
         x = self.patch_embed.norm(torch.cat(tokens))  # (ΣN, D), row-major per image
         apes: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         # CPU: timm's resampling, bit for bit the authors', its gradient by matmuls (PyTorch's bicubic
-        # backward took 5% of the toy encoder's forward + backward in a profile). CUDA: the same map as two matmuls both ways
-        # (PyTorch's bicubic kernel took 88% of a small encoder's step on an H200), equal to float32 rounding.
+        # backward took 5% of the toy encoder's forward + backward in a profile). CUDA: the same map as
+        # two matmuls both ways (PyTorch's bicubic kernel took 88% of a small encoder's step on an
+        # H200), equal to float32 rounding.
         resample = resample_ape_matmul if self.pos_embed.is_cuda else resample_ape_matmul_backward
         for h, w in dict.fromkeys(grids) if self.ape else ():
             ape = resample(self.pos_embed, (h, w), self.ape_grid, self.ape_prefix, self.ape_mode)[0]
