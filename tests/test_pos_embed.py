@@ -94,6 +94,7 @@ def test_matmul_backward_keeps_timms_forward_bits_and_its_gradient(mode, src, ta
     ours = pe.resample_ape_matmul_backward(a, target, src, 2, mode)
     ref = resample_abs_pos_embed(b, list(target), list(src), num_prefix_tokens=2, interpolation=mode, antialias=False)
     torch.testing.assert_close(ours, ref, rtol=0, atol=0)  # the forward is timm's, bit for bit
+    assert "ResampleAPE" in type(ours.grad_fn).__name__  # and the gradient is the matmuls', not timm's
     (ours * g).sum().backward()
     (ref * g).sum().backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
