@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import BACKENDS, packed_attention
 from .packed import Packed, cu_seqlens_from_lengths
-from .pos_embed import APE_MODES, legacy_ape_permutation, resample_ape, resample_ape_matmul
+from .pos_embed import APE_MODES, legacy_ape_permutation, resample_ape_matmul, resample_ape_matmul_backward
 from .rope import apply_rotary, rope_cos_sin
 
 PREFIX_MODES = ("keep", "drop")
@@ -198,9 +198,11 @@ class CRoPEViT(nn.Module):
                 tokens[i] = t
         x = self.patch_embed.norm(torch.cat(tokens))  # (ΣN, D), row-major per image
         apes: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        # CPU: timm's resampling, bit for bit the authors'. CUDA: the same map as two matmuls (PyTorch's
-        # bicubic kernel took 88% of a small encoder's step on an H200), equal to float32 rounding.
-        resample = resample_ape_matmul if self.pos_embed.is_cuda else resample_ape
+        # CPU: timm's resampling, bit for bit the authors', its gradient by matmuls (PyTorch's bicubic
+        # backward took 5% of the toy encoder's forward + backward in a profile). CUDA: the same map as
+        # two matmuls both ways (PyTorch's bicubic kernel took 88% of a small encoder's step on an
+        # H200), equal to float32 rounding.
+        resample = resample_ape_matmul if self.pos_embed.is_cuda else resample_ape_matmul_backward
         for h, w in dict.fromkeys(grids) if self.ape else ():
             ape = resample(self.pos_embed, (h, w), self.ape_grid, self.ape_prefix, self.ape_mode)[0]
             ape_prefix, ape_patch = ape[:self.ape_prefix], ape[self.ape_prefix:]  # (ape_prefix, D), (h*w, D)

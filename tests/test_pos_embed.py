@@ -83,3 +83,31 @@ def test_matmul_resampling_falls_back_to_timm_for_antialias_and_checks_the_same_
         pe.resample_ape_matmul(ape, (3, 3), mode="nearest")
     with pytest.raises(ValueError, match="holds 16"):
         pe.resample_ape_matmul(ape, (3, 3), src_grid=(3, 3))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("src, target", [((7, 5), (17, 29)), ((8, 8), (24, 9)), ((16, 16), (4, 6))])
+def test_matmul_backward_keeps_timms_forward_bits_and_its_gradient(mode, src, target):
+    ape = torch.randn(1, 2 + src[0] * src[1], 24)
+    g = torch.randn(1, 2 + target[0] * target[1], 24)
+    a, b = ape.clone().requires_grad_(True), ape.clone().requires_grad_(True)
+    ours = pe.resample_ape_matmul_backward(a, target, src, 2, mode)
+    ref = resample_abs_pos_embed(b, list(target), list(src), num_prefix_tokens=2, interpolation=mode, antialias=False)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)  # the forward is timm's, bit for bit
+    assert "ResampleAPE" in type(ours.grad_fn).__name__  # and the gradient is the matmuls', not timm's
+    (ours * g).sum().backward()
+    (ref * g).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.grad[:, :2], g[:, :2], rtol=0, atol=0)  # prefix rows pass straight through
+
+
+def test_matmul_backward_falls_back_to_timm_for_identity_antialias_and_bad_input():
+    ape = torch.randn(1, 16, 8, requires_grad=True)
+    for grid, aa in (((4, 4), False), ((6, 3), True)):
+        out = pe.resample_ape_matmul_backward(ape, grid, antialias=aa)
+        assert "ResampleAPE" not in type(out.grad_fn).__name__
+        torch.testing.assert_close(out, pe.resample_ape(ape, grid, antialias=aa), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not one of"):
+        pe.resample_ape_matmul_backward(ape, (3, 3), mode="nearest")
+    with pytest.raises(ValueError, match="holds 16"):
+        pe.resample_ape_matmul_backward(ape, (3, 3), src_grid=(3, 3))

@@ -117,6 +117,33 @@ def test_gradients_reach_every_trainable_parameter(small_vit, rand_images, prefi
     assert frozen == (set() if prefix_tokens == "keep" else {"cls_token", "reg_token"})
 
 
+def test_ape_gradient_on_cpu_goes_through_the_matmuls_and_equals_timms(small_vit, rand_images, monkeypatch):
+    """On a CPU the APE is resampled by timm and differentiated by `resample_ape_matmul_backward`:
+    the tokens are the same bits as with timm's own autograd, the APE's gradient equal to rounding."""
+    import minicomp.pos_embed as pe
+    import minicomp.vision as vision
+
+    images = rand_images([(32, 48), (64, 16), (48, 48)])
+    grads, tokens, used = [], [], []
+
+    def traced(*args, **kwargs):
+        out = pe.resample_ape_matmul_backward(*args, **kwargs)
+        used.append("ResampleAPE" in type(out.grad_fn).__name__)
+        return out
+
+    for resample in (traced, pe.resample_ape):
+        monkeypatch.setattr(vision, "resample_ape_matmul_backward", resample)
+        torch.manual_seed(0)
+        enc = mc.CRoPEViT.from_timm(small_vit()).train()
+        out = enc(images)
+        out.tokens.square().mean().backward()
+        grads.append(enc.pos_embed.grad)
+        tokens.append(out.tokens.detach())
+    assert used and all(used)
+    torch.testing.assert_close(tokens[0], tokens[1], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
 def test_drop_path_drops_whole_images_independently(small_vit, rand_images):
     vit = small_vit(depth=1, drop_path_rate=0.0)
     enc = mc.CRoPEViT.from_timm(vit, prefix_tokens="drop")
