@@ -4,7 +4,8 @@ CPUs round floats differently (their vector units, the kernels PyTorch picks for
 config trained on two machines can differ by about a seed's spread. The libraries matter too:
 the toy world is drawn by Pillow (its text through Pillow's FreeType), and a model's random
 initialisation is timm's and transformers'. Reproduce results and toy build logs written since
-2026-12-01 record both (the earlier ones: the machine at most); `constraints.txt` pins the
+2026-12-01 record both (the earlier ones: the machine at most), and reproduce results written since
+2026-12-02 the code's commit too (`code`); `constraints.txt` pins the
 libraries the README installs (and torchvision, which timm pairs with torch).
 
 Every minicomp process computes with subnormal floats flushed to zero (`flush_denormals`): the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -49,6 +51,28 @@ def machine() -> str:
     except (OSError, ValueError):
         pass
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def code() -> str:
+    """The minicomp source this process runs: the git commit of its checkout, with "+changes" where
+    tracked files under minicomp/ differ from it, or the installed version where it is not a git
+    checkout. A change of code that alters float rounding alone moves a toy number by about a seed's
+    spread, as another CPU does. Recorded with each result, never keyed."""
+    from . import __version__
+
+    package = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(package.parent), *args], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != package.parent:
+            raise ValueError("minicomp lies inside another repository")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", str(package))
+        return git("rev-parse", "HEAD") + ("+changes" if changed else "")
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return f"minicomp {__version__} (not a git checkout)"
 
 
 def flush_denormals() -> None:

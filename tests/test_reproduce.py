@@ -123,6 +123,31 @@ def test_tables_name_the_machine_of_each_run():
     md = to_markdown(table_data(table, res), "c", "tiny")
     assert "cpu A: r-s0, u-s0; not recorded: r-s1; cpu B: u-s1." in md
     assert machine_mod.machine().endswith(f"{os.cpu_count()} cores, torch {torch.__version__}")  # what a result records
+    assert "Code: not recorded." in md  # results written before the code was recorded
+    res["u"][0]["code"] = "abc"
+    assert "not recorded: r-s0, r-s1, u-s1; abc: u-s0." in to_markdown(table_data(table, res), "c", "tiny")
+
+
+def test_results_record_the_code_they_ran(monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    root = Path(machine_mod.__file__).resolve().parents[1]
+    try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    except OSError:
+        top = None
+    if top is not None and top.returncode == 0 and Path(top.stdout.strip()).resolve() == root:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        assert machine_mod.code() in (head, head + "+changes")
+    else:
+        assert machine_mod.code().endswith("(not a git checkout)")
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+    monkeypatch.setattr(machine_mod.subprocess, "run", no_git)
+    from minicomp import __version__
+    assert machine_mod.code() == f"minicomp {__version__} (not a git checkout)"
 
 
 def test_constraints_pin_the_libraries_that_results_record():
@@ -267,13 +292,16 @@ def test_tab3_shows_each_original_once_and_the_trained_over_seeds(tmp_path):
     probes = lambda cls, seg: {"fixed 64px": {"mean": cls, "segment_miou": seg},  # noqa: E731
                                "native <=256 patches": {"mean": cls + 0.1, "segment_miou": seg}}
     _write_json(_path(suite, "original-siglip"), {"key": "k", "vfm": "siglip", "probes": probes(0.4, 0.5)})
-    for s, cls in enumerate((0.5, 0.6)):
-        _write_json(_path(suite, f"8-s{s}"), {"key": "k", "vfm": "siglip", "seed": s, "probes": probes(cls, 0.5)})
-    data = tab3_data(suite, seeds=2)
+    for s, cls in enumerate((0.5, 0.6, 0.9)):
+        _write_json(_path(suite, f"8-s{s}"), {"key": "k" if s < 2 else "old", "vfm": "siglip", "seed": s,
+                                              "probes": probes(cls, 0.5)})
+    wanted = {"original-siglip": "k", "8-s0": "k", "8-s1": "k", "8-s2": "k"}
+    data = tab3_data(suite, seeds=3, wanted=wanted)  # 8-s2's probes are of a replaced model: left out
     original, trained = data["rows"]
     assert (original["model"], original["seeds"], trained["model"], trained["seeds"]) == ("original", 1, "CoMP-trained", 2)
     assert trained["classification_own"]["mean"] == pytest.approx(0.55)
     assert trained["classification_higher"]["mean"] == pytest.approx(0.65)
+    assert tab3_data(suite, seeds=3) == {**data, "rows": []}  # nothing here was probed under today's keys
     md = tab3_markdown(data, "minicomp reproduce tab3", "smoke")
     assert "| SigLIP → toy siglip | original | 87.1 / 88.2 | 40.0 [" in md and "| CoMP-trained | 86.5 / 87.4 | 55.0 [" in md
     with pytest.raises(ValueError, match="unknown encoder"):
@@ -339,11 +367,19 @@ def test_rows_that_train_the_same_run_share_one_result(tmp_path, monkeypatch):
 
 
 def test_the_committed_results_are_served_by_this_code():
-    """A change to the keys that would silently rerun the committed suite (hours on 2 cores) fails here."""
+    """A change to the keys that would silently rerun the committed suite (hours on 2 cores) fails here,
+    and so does a committed result of a replaced model (the tables leave it out; it must not lie there).
+    Seed 0 is complete; the README says how many of the other seeds' runs are."""
     from pathlib import Path
 
+    from minicomp.reproduce.probes import _path, current_keys
     from minicomp.reproduce.suite import jobs_for
     out = Path(__file__).resolve().parents[1] / "reproduce"
     suite = Suite(out, "tiny", procs=2, progress=False)
     jobs = jobs_for(["tab4", "tab5a", "tab5b"], 3, "tiny")
-    assert len(jobs) == 69 and [j.slug for j in jobs if suite.done(j) is None] == []
+    assert len(jobs) == 69
+    assert [j.slug for j in jobs if suite.result_path(j).exists() and suite.done(j) is None] == []
+    assert [j.slug for j in jobs if j.seed == 0 and suite.done(j) is None] == []
+    wanted = current_keys(suite, 3)
+    committed = sorted(p.stem for p in (out / "results" / "tab3").glob("*.json"))
+    assert [n for n in committed if n not in wanted or json.loads(_path(suite, n).read_text())["key"] != wanted[n][0]] == []

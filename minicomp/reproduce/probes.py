@@ -29,6 +29,23 @@ def _path(suite: Suite, name: str):
     return suite.out / "results" / "tab3" / f"{name}.json"
 
 
+def current_keys(suite: Suite, seeds: int) -> dict[str, tuple[str, str, dict | None]]:
+    """{probe result name: (the key a current result has, which model, the Tab. 4 result it probes)}:
+    each original toy VFM (keyed on its files), and each finished Tab. 4 row 8 / 10 model (keyed on
+    that result's key). A probe result under another key is stale: a model since replaced."""
+    from ..toy import TOY_VFM_PATHS
+    from .keys import _files_digest
+
+    out: dict[str, tuple[str, str, dict | None]] = {}
+    for job in jobs_for(["tab3"], seeds, suite.preset):
+        kind = ROW_VFM[job.row.key]
+        out.setdefault(f"original-{kind}", (f"{_files_digest(TOY_VFM_PATHS[kind])[:20]}-probes1", "original toy VFM", None))
+        done = suite.done(job)
+        if done is not None:
+            out[f"{job.row.key}-s{job.seed}"] = (f"{done['key']}-probes1", "CoMP-trained", done)
+    return out
+
+
 def run_probes(suite: Suite, seeds: int) -> None:
     """Probe each finished Tab. 4 row 8 / 10 model that has no current probe result, and each
     original toy VFM once (a fixed model: its probes do not depend on the seed of a row)."""
@@ -36,17 +53,15 @@ def run_probes(suite: Suite, seeds: int) -> None:
 
     from ..assess import vfm_probes
     from ..model import CoMPModel
-    from ..toy import TOY_VFM_PATHS
-    from .keys import _files_digest
 
+    wanted = current_keys(suite, seeds)
     for job in jobs_for(["tab3"], seeds, suite.preset):
         done = suite.done(job)
         if done is None:
             continue
         kind = ROW_VFM[job.row.key]
-        todo = {f"{job.row.key}-s{job.seed}": (f"{done['key']}-probes1", "CoMP-trained"),
-                f"original-{kind}": (f"{_files_digest(TOY_VFM_PATHS[kind])[:20]}-probes1", "original toy VFM")}
-        for name, (key, which) in todo.items():
+        for name in (f"{job.row.key}-s{job.seed}", f"original-{kind}"):
+            key, which, _ = wanted[name]
             old = read_result(_path(suite, name))
             if old is not None and old["key"] == key:
                 continue
@@ -57,12 +72,21 @@ def run_probes(suite: Suite, seeds: int) -> None:
                                              "probes": vfm_probes(model, which=(which,))[which]})
 
 
-def tab3_data(suite: Suite, seeds: int) -> dict:
+def tab3_data(suite: Suite, seeds: int, wanted: dict[str, str] | None = None) -> dict:
+    """The probes of the models that are current (`wanted`: {name: key}, default `current_keys`);
+    a stale probe result (another key) is left out, never shown."""
+    if wanted is None:
+        wanted = {name: key for name, (key, _, _) in current_keys(suite, seeds).items()}
+
+    def current(name: str) -> dict | None:
+        r = read_result(_path(suite, name))
+        return r if r is not None and name in wanted and r.get("key") == wanted[name] else None
+
     rows = []
     for row in DERIVED["tab3"][1]:
         kind = ROW_VFM[row]
-        trained = [r for s in range(seeds) if (r := read_result(_path(suite, f"{row}-s{s}"))) is not None]
-        original = read_result(_path(suite, f"original-{kind}"))
+        trained = [r for s in range(seeds) if (r := current(f"{row}-s{s}")) is not None]
+        original = current(f"original-{kind}")
         for who, res in (("original", [original] if original else []), ("CoMP-trained", trained)):
             if not res:
                 continue

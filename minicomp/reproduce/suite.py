@@ -38,7 +38,7 @@ from ..config import TrainConfig, config_differences
 from ..launch import cpu_processes
 from ..resume import read_metrics
 from .keys import UNKEYED, config_key
-from ..environment import libraries, machine
+from ..environment import code, libraries, machine
 from .rows import DERIVED, TABLES, Row, Table, row_config
 
 
@@ -311,7 +311,7 @@ class Suite:
         last = cfg.stages[-1].name
         return {"table": job.table.name, "row": job.row.key, "seed": job.seed, "key": self.key(job),
                 "preset": self.preset, "procs": procs, "run": str(run.relative_to(self.out)), "machine": machine(),
-                "libraries": libraries(), "stage_minutes": meta["stage_minutes"],
+                "code": code(), "libraries": libraries(), "stage_minutes": meta["stage_minutes"],
                 "final": _compact(meta["evals"][last]),
                 "stages": {s: {"accuracy": e["accuracy"], "blank_accuracy": e["blank"]["accuracy"]}
                            for s, e in meta["evals"].items()},

@@ -117,6 +117,7 @@ def table_data(table: Table, results: dict[str, list[dict]]) -> dict:
         res = results.get(row.key, [])
         entry = {"row": row.key, "label": row.label, "paper": dict(row.paper), "note": row.note, "seeds": len(res),
                  "machines": {f"s{r['seed']}": r.get("machine", UNRECORDED) for r in res},
+                 "codes": {f"s{r['seed']}": r.get("code", UNRECORDED) for r in res},
                  "toy": {m: accuracy(res, m) for m in METRICS}, "blank": accuracy(res, "all", blank=True),
                  "ref": row.compare_to}
         if row.compare_to is not None:
@@ -140,16 +141,20 @@ def _ci(x: dict | None, signed: bool = False) -> str:
 UNRECORDED = "not recorded"
 
 
-def _machines(rows: list[dict]) -> str:
-    """Which machine trained which rows and seeds (one line when all ran on one)."""
+def _where(rows: list[dict], field: str = "machines") -> str:
+    """Which machine (field "machines") or code commit ("codes") trained which rows and seeds: one line
+    when all ran on one."""
     where: dict[str, list[str]] = {}
     for r in rows:
-        for seed, m in r.get("machines", {}).items():
+        for seed, m in r.get(field, {}).items():
             where.setdefault(m, []).append(f"{r['row']}-{seed}")
+    what, many = (("Machine", "Machines (their CPUs may round floats differently; a config trained on two of them can "
+                   "differ by about a seed's spread)") if field == "machines" else
+                  ("Code", "Code (a change that alters float rounding alone can move a number by about a seed's "
+                   "spread, as another CPU does)"))
     if len(where) <= 1:
-        return f"Machine: {next(iter(where), UNRECORDED)}."
-    return ("Machines (their CPUs may round floats differently; a config trained on two of them can differ "
-            "by about a seed's spread): " + "; ".join(f"{m}: {', '.join(runs)}" for m, runs in where.items()) + ".")
+        return f"{what}: {next(iter(where), UNRECORDED)}."
+    return f"{many}: " + "; ".join(f"{m}: {', '.join(runs)}" for m, runs in where.items()) + "."
 
 
 def to_markdown(data: dict, command: str, preset: str) -> str:
@@ -179,7 +184,7 @@ def to_markdown(data: dict, command: str, preset: str) -> str:
     notes = [f"- **{r['row']}**: {r['note']}" for r in data["rows"] if r["note"]]
     if notes:
         lines += ["", "Notes:", *notes]
-    lines += ["", _machines(data["rows"])]
+    lines += ["", _where(data["rows"]), "", _where(data["rows"], "codes")]
     counts = {}
     for r in data["rows"]:
         if r["ref"] is not None:
@@ -224,10 +229,10 @@ def fig3_data(results: dict[str, list[dict]], rows=DERIVED["fig3"][1]) -> dict:
         labels = list(res[0]["by_resolution"]) if res else []
         out[key] = {label: {m: accuracy(res, m, part=label) for m in ("all", "reading")}
                     | {"blank": accuracy(res, "all", part=label, blank=True)} for label in labels}
-    machines = [{"row": key, "machines": {f"s{r['seed']}": r.get("machine", UNRECORDED) for r in results.get(key, [])}}
-                for key in rows]
+    machines = [{"row": key, "machines": {f"s{r['seed']}": r.get("machine", UNRECORDED) for r in results.get(key, [])},
+                 "codes": {f"s{r['seed']}": r.get("code", UNRECORDED) for r in results.get(key, [])}} for key in rows]
     return {"table": "fig3", "title": "Fig. 3: resolution at inference (Tab. 4's final models)", "rows": out,
-            "machines": _machines(machines)}
+            "machines": _where(machines) + "\n\n" + _where(machines, "codes")}
 
 
 def _tokens(label: str) -> int | None:
