@@ -65,9 +65,11 @@ def write_report(out: Path, cfg: TrainConfig, meta: dict) -> str:
     if meta.get("skipped_when_read"):  # records that failed when read (named in the log), replaced by the next
         table += ("\n\nRecords skipped when read and replaced by the next record (see the log for each): "
                   + ", ".join(f"stage {k} {v}" for k, v in meta["skipped_when_read"].items()) + ".")
+    from .environment import code, machine
     (out / "report.md").write_text(f"# minicomp run: {cfg.name}\n\n{table}\n\n![losses](losses.png)\n\n"
                                    f"Final model: `model/` (load with `minicomp.CoMPModel.from_pretrained`). "
-                                   f"Per-stage models: `stages/`. Metrics: `metrics.jsonl`.\n")
+                                   f"Per-stage models: `stages/`. Metrics: `metrics.jsonl`.\n\n"
+                                   f"Code: {code()}; machine: {machine()} (when this report was written).\n")
     return table
 
 

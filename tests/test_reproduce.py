@@ -294,7 +294,7 @@ def test_tab3_shows_each_original_once_and_the_trained_over_seeds(tmp_path):
     _write_json(_path(suite, "original-siglip"), {"key": "k", "vfm": "siglip", "probes": probes(0.4, 0.5)})
     for s, cls in enumerate((0.5, 0.6, 0.9)):
         _write_json(_path(suite, f"8-s{s}"), {"key": "k" if s < 2 else "old", "vfm": "siglip", "seed": s,
-                                              "probes": probes(cls, 0.5)})
+                                              "probes": probes(cls, 0.5), "machine": "cpu A", "code": f"c{s}"})
     wanted = {"original-siglip": "k", "8-s0": "k", "8-s1": "k", "8-s2": "k"}
     data = tab3_data(suite, seeds=3, wanted=wanted)  # 8-s2's probes are of a replaced model: left out
     original, trained = data["rows"]
@@ -304,6 +304,9 @@ def test_tab3_shows_each_original_once_and_the_trained_over_seeds(tmp_path):
     assert tab3_data(suite, seeds=3) == {**data, "rows": []}  # nothing here was probed under today's keys
     md = tab3_markdown(data, "minicomp reproduce tab3", "smoke")
     assert "| SigLIP → toy siglip | original | 87.1 / 88.2 | 40.0 [" in md and "| CoMP-trained | 86.5 / 87.4 | 55.0 [" in md
+    # where each probe ran: the original's result predates the record, the trained seeds name theirs
+    assert "siglip original-probe" in md and "cpu A: siglip CoMP-trained-s0, siglip CoMP-trained-s1" in md
+    assert "c0: siglip CoMP-trained-s0; c1: siglip CoMP-trained-s1" in md and "not recorded" in md
     with pytest.raises(ValueError, match="unknown encoder"):
         from minicomp.assess import vfm_probes
         vfm_probes(None, which=("neither",))
@@ -383,3 +386,34 @@ def test_the_committed_results_are_served_by_this_code():
     wanted = current_keys(suite, 3)
     committed = sorted(p.stem for p in (out / "results" / "tab3").glob("*.json"))
     assert [n for n in committed if n not in wanted or json.loads(_path(suite, n).read_text())["key"] != wanted[n][0]] == []
+
+
+def test_code_flags_changes_to_the_package_alone(tmp_path):
+    """A checkout whose tracked minicomp/ files differ from HEAD is "<commit>+changes"; a change
+    elsewhere in the repository, or a new untracked file, leaves the commit alone."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    src = Path(machine_mod.__file__).resolve().parent
+    shutil.copytree(src, tmp_path / "minicomp", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (tmp_path / "notes.txt").write_text("a\n")
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], capture_output=True, text=True,  # noqa: E731
+                                    check=True).stdout.strip()
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
+    head = git("rev-parse", "HEAD")
+    code = lambda: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", "from minicomp.environment import code; print(code())"], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, check=True).stdout.strip()
+    assert code() == head
+    (tmp_path / "notes.txt").write_text("b\n")  # outside the package
+    (tmp_path / "minicomp" / "scratch.py").write_text("")  # untracked
+    assert code() == head
+    with open(tmp_path / "minicomp" / "packed.py", "a") as f:
+        f.write("\n# edited\n")
+    assert code() == head + "+changes"

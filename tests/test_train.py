@@ -175,6 +175,8 @@ def test_smoke_run_end_to_end(smoke_run):
     assert "blank images" in report and report.count(" / ") >= 8 * (len(meta["evals"]) + len(modes))
     assert all(f"| {m} | " in report for m in modes) and "chance" in report and "95% interval" in report
     assert "real − blank" in report and "native − fixed 64px" in report  # the two claims, paired, with z
+    from minicomp.environment import code, machine
+    assert f"Code: {code()}; machine: {machine()}" in report  # which code and machine wrote it
     assert (out / "losses.png").is_file() and (out / "sweep.png").is_file()
     assert len(mtrain.checkpoints(out)) == cfg.keep_checkpoints  # bounded
     assert sorted(p.name for p in (out / "stages").iterdir()) == sorted(meta["evals"])

@@ -12,7 +12,7 @@ import math
 
 from .rows import DERIVED
 from .suite import Suite, _write_json, jobs_for, read_result
-from .tables import _ci, _interval
+from .tables import UNRECORDED, _ci, _interval, _where
 
 PAPER = {  # Tab. 3(a) ImageNet-1K top-1, 224 / 448 px; Tab. 3(b) ADE20K mIoU, 504 / 672 px
     "siglip": {"original": {"classification": (87.1, 88.2), "segmentation": (35.2, 31.6)},
@@ -52,6 +52,7 @@ def run_probes(suite: Suite, seeds: int) -> None:
     import torch
 
     from ..assess import vfm_probes
+    from ..environment import code, machine
     from ..model import CoMPModel
 
     wanted = current_keys(suite, seeds)
@@ -68,8 +69,8 @@ def run_probes(suite: Suite, seeds: int) -> None:
             suite.say(f"tab3: probing the {which} of {job.slug}")
             torch.manual_seed(job.seed)
             model = CoMPModel.from_pretrained(suite.out / done["run"] / "model")  # run: relative to out
-            _write_json(_path(suite, name), {"key": key, "vfm": kind, "seed": job.seed,
-                                             "probes": vfm_probes(model, which=(which,))[which]})
+            _write_json(_path(suite, name), {"key": key, "vfm": kind, "seed": job.seed, "machine": machine(),
+                                             "code": code(), "probes": vfm_probes(model, which=(which,))[which]})
 
 
 def tab3_data(suite: Suite, seeds: int, wanted: dict[str, str] | None = None) -> dict:
@@ -90,7 +91,10 @@ def tab3_data(suite: Suite, seeds: int, wanted: dict[str, str] | None = None) ->
         for who, res in (("original", [original] if original else []), ("CoMP-trained", trained)):
             if not res:
                 continue
-            entry = {"vfm": kind, "model": who, "tab4_row": row, "seeds": len(res), "paper": PAPER[kind][who]}
+            entry = {"vfm": kind, "model": who, "tab4_row": row, "seeds": len(res), "paper": PAPER[kind][who],
+                     "row": f"{kind} {who}",  # who ran each probe: r.seed of a trained model, "probe" of an original
+                     **{f"{field}s": {(f"s{r['seed']}" if who != "original" else "probe"): r.get(field, UNRECORDED)
+                                      for r in res} for field in ("machine", "code")}}
             for probe, key in PROBES.items():
                 for res_label, i in (("own", 0), ("higher", 1)):
                     vals = [list(r["probes"].values())[i][key] for r in res]
@@ -115,6 +119,8 @@ def tab3_markdown(data: dict, command: str, preset: str) -> str:
         lines.append(f"| {'SigLIP' if r['vfm'] == 'siglip' else 'DINOv2'} → toy {r['vfm']} | {r['model']} | "
                      f"{pc[0]:g} / {pc[1]:g} | {_ci(r['classification_own'])} | {_ci(r['classification_higher'])} | "
                      f"{ps[0]:g} / {ps[1]:g} | {_ci(r['segmentation_own'])} | {_ci(r['segmentation_higher'])} |")
+    lines += ["", "Where each probe ran (probe results written before 2026-12-02 did not record it):", "",
+              _where(data["rows"]), "", _where(data["rows"], "codes")]
     return "\n".join(lines) + "\n"
 
 
