@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one GPU check (README, "At paper scale"): the CUDA tests, then tools/gpu_check.py's table.
+# The one GPU check (README, "On one GPU"; its full table in docs/benchmarks.md): the CUDA tests, then tools/gpu_check.py's table.
 # About 5 minutes on one H100/H200. Without CUDA it says so and exits 0. Arguments go to gpu_check.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
