@@ -164,7 +164,8 @@ def to_markdown(data: dict, command: str, preset: str) -> str:
              f"`{command}` (preset `{preset}`, {seeds} seed(s)). Toy accuracies are exact match in %, mean over "
              "seeds with a 95% interval over seeds and questions; Δ is against the row named in *vs*, paired by "
              "seed and question. Toy families stand in for the paper's benchmarks: scene → AI2D, chart → ChartQA, "
-             "document → DocVQA; *reading* (a title, a chart's longest bar) for the text-rich pair.", "",
+             "document → DocVQA; *reading* (a title, a chart's longest bar) for the text-rich pair. *blank images*: the "
+             "same questions with every image blank (what the LLM answers from the text alone).", "",
              f"Mapping: {data['mapping']}", "",
              "| # | row | AI2D | ChartQA | DocVQA | toy scene | toy chart | toy document | toy all | blank images | "
              "vs | paper Δ mean | toy Δ all | direction | paper Δ text-rich | toy Δ reading | direction |",
@@ -275,8 +276,8 @@ def plot_fig3(data: dict):
 def fig3_markdown(data: dict, command: str, preset: str) -> str:
     lines = [f"# {data['title']}: the toy's reproduction", "",
              f"`{command}` (preset `{preset}`). Exact match in % with a 95% interval over seeds and questions, at "
-             "each native token budget and fixed square the final model is asked at (the paper's Fig. 3 limits "
-             "the visual tokens of CoMP-MM-1B on DocVQA and ChartQA).", "", "![fig3](fig3.png)", ""]
+             "each native token budget and at the fixed squares the row's own stages trained at (so the rows list "
+             "different squares; the paper's Fig. 3 limits the visual tokens of CoMP-MM-1B on DocVQA and ChartQA).", "", "![fig3](fig3.png)", ""]
     for row, by in data["rows"].items():
         lines += [f"Tab. 4 row {row}:", "", "| resolution | all | reading | blank images |", "|---|---|---|---|"]
         lines += [f"| {k} | {_ci(v['all'])} | {_ci(v['reading'])} | {_ci(v['blank'])} |" for k, v in by.items()]
