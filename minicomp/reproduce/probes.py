@@ -92,7 +92,7 @@ def tab3_data(suite: Suite, seeds: int, wanted: dict[str, str] | None = None) ->
             if not res:
                 continue
             entry = {"vfm": kind, "model": who, "tab4_row": row, "seeds": len(res), "paper": PAPER[kind][who],
-                     "row": f"{kind} {who}",  # who ran each probe: r.seed of a trained model, "probe" of an original
+                     "row": f"{kind} {who}",  # the Where lines name each probe "<row>-s<seed>", an original's "<row>-probe"
                      **{f"{field}s": {(f"s{r['seed']}" if who != "original" else "probe"): r.get(field, UNRECORDED)
                                       for r in res} for field in ("machine", "code")}}
             for probe, key in PROBES.items():
