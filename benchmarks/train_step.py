@@ -3,6 +3,7 @@
     python benchmarks/train_step.py                        # tiny, Stage II-native: samples/s and the split by part
     python benchmarks/train_step.py --stage III            # another stage
     python benchmarks/train_step.py --against c216eef      # this tree and an older commit, interleaved in one run
+    python benchmarks/train_step.py --kernels              # CPU time by kind of kernel, and the speed-up it leaves
     python benchmarks/train_step.py --paper                # CUDA: paper-1b-siglip's architecture (random
                                                            # weights), a native-resolution batch, with MFU
 
@@ -328,6 +329,82 @@ def split(args) -> None:
           f"thread(s)")
 
 
+PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def kernels(args) -> None:
+    """Where the step's CPU time goes by kind of kernel, and the speed-up that leaves at most.
+
+    One process with one thread (what each rank of `--procs auto` has here) times --steps steps of
+    the stage, then runs --steps more under torch.profiler. Matrix products and the attention kernel are the arithmetic any
+    faster step still does, at the same sizes; if everything else (elementwise passes, copies, the
+    patch embedding's convolution, the optimiser, data, Python) took no time at all, the step could
+    be at most (step time) / (their time) faster. Then the attention kernel, SDPA's CPU flash
+    kernel, against softmax(q kᵀ) v written out with batched matmuls, forward + backward on the
+    images of the step's micro-batches (their lengths, the model's heads and head size)."""
+    import math
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    cfg, stage, model, opt, batches, step, G = _setup(args.preset, args.stage, 2 * args.steps + 2, args.set)
+    step(), step()  # warm-up
+    wall = statistics.median(step() for _ in range(args.steps))  # the profiler's own cost stays out of this
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for _ in range(args.steps):
+            step()
+    kinds = {"matrix products (mm, addmm, bmm)": 0.0, "attention kernel (SDPA)": 0.0, "everything else": 0.0}
+    rest: dict[str, float] = {}
+    product_flops = 0.0
+    for e in prof.key_averages():
+        kind = ("matrix products (mm, addmm, bmm)" if e.key in PRODUCTS else
+                "attention kernel (SDPA)" if "scaled_dot_product" in e.key else "everything else")
+        kinds[kind] += e.self_cpu_time_total / 1e6 / args.steps  # seconds per step
+        product_flops += e.flops / args.steps if e.key in PRODUCTS else 0
+        if kind == "everything else":
+            rest[e.key] = e.self_cpu_time_total / 1e6 / args.steps
+    cpu = sum(kinds.values())
+    print(f"{args.preset}, stage {stage.name}, one process with 1 thread, global batch {G} = {batches.accum} x "
+          f"micro-batch {cfg.micro_batch}: step {wall * 1000:.0f} ms (median of {args.steps}); then {args.steps} "
+          f"steps under the profiler, CPU time by kind of kernel (ms per step, share of the profiled CPU time):")
+    for name, v in kinds.items():
+        print(f"  {name:34s} {v * 1000:7.0f}  {v / cpu:6.1%}")
+    top = sorted(rest.items(), key=lambda kv: -kv[1])[:8]
+    print("  the largest of everything else: " + ", ".join(f"{k.removeprefix('aten::')} {v * 1000:.0f}" for k, v in top))
+    fc1 = model.vision.blocks[0].mlp.fc1
+    tokens = sum(int(x.shape[1] * x.shape[2]) // model.vision.patch_size ** 2 for x in batches[0].images)
+    print(f"  the products ran at {product_flops / kinds['matrix products (mm, addmm, bmm)'] / 1e9:.0f} GFLOP/s; "
+          f"one ({tokens} x {fc1.in_features}) @ ({fc1.in_features} x {fc1.out_features}) matmul here: "
+          f"{gemm_rate(tokens, fc1.in_features, fc1.out_features) / 1e9:.0f} GFLOP/s")
+    must = kinds["matrix products (mm, addmm, bmm)"] + kinds["attention kernel (SDPA)"]
+    print(f"with everything else at zero, the step would be at least {must * 1000:.0f} ms: "
+          f"at most {wall / must:.2f}x faster than now")
+    # the attention kernel against the same maths written out, on this step's images
+    vit = model.vision
+    heads, dh = vit.blocks[0].attn.num_heads, vit.head_dim
+    lengths = [int(x.shape[1] * x.shape[2]) // vit.patch_size ** 2 + (vit.num_prefix if vit.feeds_prefix else 0)
+               for k in range(batches.accum) for x in batches[k].images]
+    g = torch.Generator().manual_seed(0)
+    qkv = [[torch.randn(1, heads, n, dh, generator=g).requires_grad_(True) for _ in range(3)] for n in lengths]
+
+    def flash(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    def written_out(q, k, v):
+        return ((q @ k.transpose(-1, -2)) / math.sqrt(dh)).softmax(-1) @ v  # (1, H, n, n) @ (1, H, n, Dh)
+
+    times: dict[str, list[float]] = {"flash": [], "written out": []}
+    for r in range(7):
+        for name, fn in (("flash", flash), ("written out", written_out))[::1 if r % 2 else -1]:
+            t = time.perf_counter()
+            for q, k, v in qkv:
+                fn(q, k, v).sum().backward()
+            times[name].append(time.perf_counter() - t)
+    f, w = (statistics.median(times[n]) for n in ("flash", "written out"))
+    print(f"attention, forward + backward, one layer, the step's {len(lengths)} images ({min(lengths)}-{max(lengths)} "
+          f"tokens, {heads} heads of {dh}): flash {f * 1000:.1f} ms, written out {w * 1000:.1f} ms "
+          f"({w / f:.2f}x the flash kernel's time)")
+
+
 def _fwd_bwd(fn):
     """Forward fn() (a `Packed`), backward a fixed gradient from its tokens; return it detached."""
     out = fn()
@@ -460,6 +537,8 @@ def main():
                     help="DDP processes for this tree (default: as `minicomp train --procs auto` starts them here)")
     ap.add_argument("--old-procs", type=int, default=1,
                     help="with --against: DDP processes for the old revision (default 1: it had no CPU launcher)")
+    ap.add_argument("--kernels", action="store_true",
+                    help="CPU time by kind of kernel (one 1-thread process, torch.profiler) and the speed-up it leaves")
     ap.add_argument("--paper", action="store_true", help="paper-1b-siglip's architecture on CUDA")
     ap.add_argument("--batch", type=int, default=None, help="--paper: images per step (default: the preset's micro-batch)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="--paper: dense bf16 peak of the GPU")
@@ -472,6 +551,8 @@ def main():
         pass
     if args.worker:
         worker(args)
+    elif args.kernels:
+        kernels(args)
     elif args.paper:
         paper(args)
     elif args.against:

@@ -20,3 +20,34 @@ def test_train_step_against_a_revision_with_two_ddp_ranks_each():
     assert len(lines) == 2, p.stdout
     assert lines[0].startswith("HEAD (old)") and "2 x 1 thread(s)" in lines[0]
     assert lines[1].startswith("this tree") and "2 x 1 thread(s)" in lines[1]
+
+
+def test_kernel_split_accounts_for_the_profiled_time_and_bounds_the_speed_up(capsys):
+    """`train_step.py --kernels` at smoke size: the three kinds' shares add up to the profiled CPU
+    time, and the bound it prints is the step time over the products' and attention's time."""
+    import argparse
+    import importlib.util
+    import re
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("train_step", os.path.join(ROOT, "benchmarks", "train_step.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        bench.kernels(argparse.Namespace(preset="smoke", stage="II-native", steps=1, set=[]))
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    step = float(re.search(r"step (\d+) ms", out).group(1))
+    kinds = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)))
+             for m in re.finditer(r"^  (matrix products.*?|attention kernel.*?|everything else)\s+(\d+)\s+([\d.]+)%$",
+                                  out, re.M)}
+    assert len(kinds) == 3, out
+    assert abs(sum(share for _, share in kinds.values()) - 100) < 0.5, out
+    assert all(ms > 0 for ms, _ in kinds.values()), out  # every kind ran: this step has products and attention
+    least, most = re.search(r"at least (\d+) ms: at most ([\d.]+)x faster", out).groups()
+    must = kinds["matrix products (mm, addmm, bmm)"][0] + kinds["attention kernel (SDPA)"][0]
+    assert abs(float(least) - must) <= 1 and abs(float(most) - step / float(least)) < 0.05 * float(most), out
+    assert re.search(r"flash [\d.]+ ms, written out [\d.]+ ms", out), out
