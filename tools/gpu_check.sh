@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one GPU check (README, "On one GPU"; its full table in docs/benchmarks.md): the CUDA tests, then tools/gpu_check.py's table.
-# About 5 minutes on one H100/H200. Without CUDA it says so and exits 0. Arguments go to gpu_check.py.
+# About two and a half minutes on one H200 (its run of 2026-11-30). Without CUDA it says so and exits 0. Arguments go to gpu_check.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
