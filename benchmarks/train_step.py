@@ -336,12 +336,15 @@ def kernels(args) -> None:
     """Where the step's CPU time goes by kind of kernel, and the speed-up that leaves at most.
 
     One process with one thread (what each rank of `--procs auto` has here) times --steps steps of
-    the stage, then runs --steps more under torch.profiler. Matrix products and the attention kernel are the arithmetic any
-    faster step still does, at the same sizes; if everything else (elementwise passes, copies, the
-    patch embedding's convolution, the optimiser, data, Python) took no time at all, the step could
-    be at most (step time) / (their time) faster. Then the attention kernel, SDPA's CPU flash
-    kernel, against softmax(q kᵀ) v written out with batched matmuls, forward + backward on the
-    images of the step's micro-batches (their lengths, the model's heads and head size)."""
+    the stage, then runs --steps more under torch.profiler. Matrix products and attention (every
+    SDPA kernel: the ViT's, the LLM's, the caption pass's) are the arithmetic any faster step still
+    does, at the same sizes; if everything else (elementwise passes, copies, the patch embedding's
+    convolution, the optimiser, data, Python between operators) took no time at all, the step
+    could be about (step time) / (their time) faster, and no more. (Their time is measured under
+    the profiler, whose own cost per call is small beside these few large calls.) Then the ViT's
+    attention, SDPA's CPU flash kernel against softmax(q kᵀ) v written out with matmuls, forward +
+    backward, one call per image of the step's micro-batches (their lengths, the ViT's heads and
+    head size)."""
     import math
     from torch.profiler import ProfilerActivity, profile
 
@@ -352,12 +355,12 @@ def kernels(args) -> None:
     with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         for _ in range(args.steps):
             step()
-    kinds = {"matrix products (mm, addmm, bmm)": 0.0, "attention kernel (SDPA)": 0.0, "everything else": 0.0}
+    kinds = {"matrix products (mm, addmm, bmm, baddbmm)": 0.0, "attention (SDPA kernels)": 0.0, "everything else": 0.0}
     rest: dict[str, float] = {}
     product_flops = 0.0
     for e in prof.key_averages():
-        kind = ("matrix products (mm, addmm, bmm)" if e.key in PRODUCTS else
-                "attention kernel (SDPA)" if "scaled_dot_product" in e.key else "everything else")
+        kind = ("matrix products (mm, addmm, bmm, baddbmm)" if e.key in PRODUCTS else
+                "attention (SDPA kernels)" if "scaled_dot_product" in e.key else "everything else")
         kinds[kind] += e.self_cpu_time_total / 1e6 / args.steps  # seconds per step
         product_flops += e.flops / args.steps if e.key in PRODUCTS else 0
         if kind == "everything else":
@@ -367,17 +370,17 @@ def kernels(args) -> None:
           f"micro-batch {cfg.micro_batch}: step {wall * 1000:.0f} ms (median of {args.steps}); then {args.steps} "
           f"steps under the profiler, CPU time by kind of kernel (ms per step, share of the profiled CPU time):")
     for name, v in kinds.items():
-        print(f"  {name:34s} {v * 1000:7.0f}  {v / cpu:6.1%}")
+        print(f"  {name:42s} {v * 1000:7.0f}  {v / cpu:6.1%}")
     top = sorted(rest.items(), key=lambda kv: -kv[1])[:8]
     print("  the largest of everything else: " + ", ".join(f"{k.removeprefix('aten::')} {v * 1000:.0f}" for k, v in top))
     fc1 = model.vision.blocks[0].mlp.fc1
     tokens = sum(int(x.shape[1] * x.shape[2]) // model.vision.patch_size ** 2 for x in batches[0].images)
-    print(f"  the products ran at {product_flops / kinds['matrix products (mm, addmm, bmm)'] / 1e9:.0f} GFLOP/s; "
+    print(f"  the products ran at {product_flops / kinds['matrix products (mm, addmm, bmm, baddbmm)'] / 1e9:.0f} GFLOP/s; "
           f"one ({tokens} x {fc1.in_features}) @ ({fc1.in_features} x {fc1.out_features}) matmul here: "
           f"{gemm_rate(tokens, fc1.in_features, fc1.out_features) / 1e9:.0f} GFLOP/s")
-    must = kinds["matrix products (mm, addmm, bmm)"] + kinds["attention kernel (SDPA)"]
+    must = kinds["matrix products (mm, addmm, bmm, baddbmm)"] + kinds["attention (SDPA kernels)"]
     print(f"with everything else at zero, the step would be at least {must * 1000:.0f} ms: "
-          f"at most {wall / must:.2f}x faster than now")
+          f"at most {wall / must:.2f}x faster than now (the step's median over the products' and attention's time)")
     # the attention kernel against the same maths written out, on this step's images
     vit = model.vision
     heads, dh = vit.blocks[0].attn.num_heads, vit.head_dim
@@ -400,7 +403,7 @@ def kernels(args) -> None:
                 fn(q, k, v).sum().backward()
             times[name].append(time.perf_counter() - t)
     f, w = (statistics.median(times[n]) for n in ("flash", "written out"))
-    print(f"attention, forward + backward, one layer, the step's {len(lengths)} images ({min(lengths)}-{max(lengths)} "
+    print(f"the ViT's attention, forward + backward, one layer, the step's {len(lengths)} images ({min(lengths)}-{max(lengths)} "
           f"tokens, {heads} heads of {dh}): flash {f * 1000:.1f} ms, written out {w * 1000:.1f} ms "
           f"({w / f:.2f}x the flash kernel's time)")
 

@@ -42,12 +42,12 @@ def test_kernel_split_accounts_for_the_profiled_time_and_bounds_the_speed_up(cap
     out = capsys.readouterr().out
     step = float(re.search(r"step (\d+) ms", out).group(1))
     kinds = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)))
-             for m in re.finditer(r"^  (matrix products.*?|attention kernel.*?|everything else)\s+(\d+)\s+([\d.]+)%$",
+             for m in re.finditer(r"^  (matrix products.*?|attention \(SDPA.*?|everything else)\s+(\d+)\s+([\d.]+)%$",
                                   out, re.M)}
     assert len(kinds) == 3, out
     assert abs(sum(share for _, share in kinds.values()) - 100) < 0.5, out
     assert all(ms > 0 for ms, _ in kinds.values()), out  # every kind ran: this step has products and attention
     least, most = re.search(r"at least (\d+) ms: at most ([\d.]+)x faster", out).groups()
-    must = kinds["matrix products (mm, addmm, bmm)"][0] + kinds["attention kernel (SDPA)"][0]
+    must = kinds["matrix products (mm, addmm, bmm, baddbmm)"][0] + kinds["attention (SDPA kernels)"][0]
     assert abs(float(least) - must) <= 1 and abs(float(most) - step / float(least)) < 0.05 * float(most), out
     assert re.search(r"flash [\d.]+ ms, written out [\d.]+ ms", out), out
