@@ -547,6 +547,9 @@ def main():
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="--paper: dense bf16 peak of the GPU")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    modes = [f"--{m}" for m in ("kernels", "paper", "against") if getattr(args, m)]
+    if len(modes) > 1 and not args.worker:
+        ap.error(f"{' and '.join(modes)} are different measurements: choose one")
     try:  # each tree's processes compute as its `minicomp train` does (older trees did not flush)
         from minicomp.environment import flush_denormals
         flush_denormals()

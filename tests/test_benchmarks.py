@@ -22,18 +22,32 @@ def test_train_step_against_a_revision_with_two_ddp_ranks_each():
     assert lines[1].startswith("this tree") and "2 x 1 thread(s)" in lines[1]
 
 
-def test_kernel_split_accounts_for_the_profiled_time_and_bounds_the_speed_up(capsys):
-    """`train_step.py --kernels` at smoke size: the three kinds' shares add up to the profiled CPU
-    time, and the bound it prints is the step time over the products' and attention's time."""
-    import argparse
+def _train_step():
+    """benchmarks/train_step.py as a module."""
     import importlib.util
-    import re
-
-    import torch
 
     spec = importlib.util.spec_from_file_location("train_step", os.path.join(ROOT, "benchmarks", "train_step.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_two_measurements_at_once_are_refused(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["train_step.py", "--kernels", "--against", "HEAD"])
+    with pytest.raises(SystemExit) as e:
+        _train_step().main()
+    assert e.value.code == 2 and "--kernels and --against are different measurements" in capsys.readouterr().err
+
+
+def test_kernel_split_accounts_for_the_profiled_time_and_bounds_the_speed_up(capsys):
+    """`train_step.py --kernels` at smoke size: the three kinds' shares add up to the profiled CPU
+    time, and the bound it prints is the step time over the products' and attention's time."""
+    import argparse
+    import re
+
+    import torch
+
+    bench = _train_step()
     threads = torch.get_num_threads()
     try:
         bench.kernels(argparse.Namespace(preset="smoke", stage="II-native", steps=1, set=[]))
