@@ -341,7 +341,8 @@ def kernels(args) -> None:
     does, at the same sizes; if everything else (elementwise passes, copies, the patch embedding's
     convolution, the optimiser, data, Python between operators) took no time at all, the step
     could be about (step time) / (their time) faster, and no more. (Their time is measured under
-    the profiler, whose own cost per call is small beside these few large calls.) Then the ViT's
+    the profiler, which adds its own cost to every call it times, and the step without it: the
+    bound is approximate.) Then the ViT's
     attention, SDPA's CPU flash kernel against softmax(q kᵀ) v written out with matmuls, forward +
     backward, one call per image of the step's micro-batches (their lengths, the ViT's heads and
     head size)."""

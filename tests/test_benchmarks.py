@@ -64,4 +64,6 @@ def test_kernel_split_accounts_for_the_profiled_time_and_bounds_the_speed_up(cap
     least, most = re.search(r"at least (\d+) ms: at most ([\d.]+)x faster", out).groups()
     must = kinds["matrix products (mm, addmm, bmm, baddbmm)"][0] + kinds["attention (SDPA kernels)"][0]
     assert abs(float(least) - must) <= 1 and abs(float(most) - step / float(least)) < 0.05 * float(most), out
+    rest = re.search(r"the largest of everything else: (.*)$", out, re.M).group(1)
+    assert not re.search(r"(^|, )(mm|addmm|bmm|baddbmm) |scaled_dot_product", rest), rest  # none misfiled as "else"
     assert re.search(r"flash [\d.]+ ms, written out [\d.]+ ms", out), out
