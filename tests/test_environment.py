@@ -77,3 +77,12 @@ print(float(torch.tensor(1e-39) * 1.0))
     assert _run(code.format(call="")) != "0.0"  # not flushed by default
     for name, call in calls.items():
         assert _run(code.format(call=call)) == "0.0", name
+
+
+def test_test_processes_run_without_wandb_as_the_main_install_does():
+    """The root conftest.py's start-up hook (tests/site/sitecustomize.py) reaches subprocesses: timm
+    imports there without wandb, which only the dev extra's lmms-eval installs."""
+    code = "import sys, timm; print(sys.modules['wandb'])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["None"]
