@@ -84,7 +84,7 @@ def _setup(preset: str, stage_name: str, steps: int, sets: list[str] = (), world
     proc = model.processor(fixed_size=stage.fixed_size if stage.resolution == "fixed" else None,
                            min_tokens=stage.min_tokens, max_tokens=stage.max_tokens, max_length=stage.max_length)
     rank, wrapped, no_sync = 0, model, lambda: contextlib.nullcontext()
-    if world > 1:  # as train.py: DDP through accelerate, every trainable parameter used in every step
+    if world > 1:  # as minicomp.loop: DDP through accelerate, every trainable parameter used in every step
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
         acc = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
@@ -107,7 +107,7 @@ def _setup(preset: str, stage_name: str, steps: int, sets: list[str] = (), world
             sums += torch.stack([out.loss.detach(), out.loss_dec.detach(), out.loss_align.detach(), torch.tensor(0.0),
                                  b.attention_mask.sum().float()])
         if world > 1:
-            torch.distributed.all_reduce(sums)  # train.py's per-step reduce of the logged losses
+            torch.distributed.all_reduce(sums)  # minicomp.loop's per-step reduce of the logged losses
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)

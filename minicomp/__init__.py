@@ -1,20 +1,30 @@
-"""minicomp: a readable reference implementation of CoMP (arXiv 2503.18931)."""
-from . import align, attention, pos_embed, rope, viz
-from .align import alignment_loss, alignment_targets, sinkhorn_knopp
-from .merger import PatchMerger
-from .packed import Packed
-from .vision import CRoPEViT
+"""minicomp: a readable reference implementation of CoMP (arXiv 2503.18931).
+
+Every name here is loaded on first use (PEP 562), so that `import minicomp` and the command line
+start at once: timm, transformers and matplotlib take several seconds to import, and a process that
+only launches others, or prints help, needs none of them."""
+import importlib
 
 __version__ = "0.1.0"
-_LAZY = {"CoMPConfig", "CoMPModel", "CoMPOutput"}  # they import transformers: loaded on first use
+_MODULES = {"align", "attention", "pos_embed", "rope", "viz"}
+_NAMES = {  # name -> the module that defines it
+    "alignment_loss": "align", "alignment_targets": "align", "sinkhorn_knopp": "align",
+    "PatchMerger": "merger", "Packed": "packed", "CRoPEViT": "vision",
+    "CoMPConfig": "model", "CoMPModel": "model", "CoMPOutput": "model",
+}
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        from . import model
-        return getattr(model, name)
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _NAMES:
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'minicomp' has no attribute {name!r}")
 
 
 __all__ = ["CRoPEViT", "CoMPConfig", "CoMPModel", "CoMPOutput", "Packed", "PatchMerger", "align", "alignment_loss",
            "alignment_targets", "attention", "pos_embed", "rope", "sinkhorn_knopp", "viz"]
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

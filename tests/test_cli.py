@@ -60,3 +60,14 @@ def test_cli_refuses_bad_values_and_overwrites_nothing(tmp_path, capsys):
     assert out.read_bytes() == b"keep me"
     assert main(["prior", "--tokenizer", str(TOY_LLM_PATH), "--synthetic", "5", "--out", str(out), "--force"]) == 0
     assert out.read_bytes() != b"keep me"
+
+
+def test_the_command_line_starts_without_the_models_libraries():
+    """`import minicomp`, `minicomp --help` and a launching `minicomp train` load neither timm,
+    transformers nor the loop: a process that only launches workers waits on them without paying
+    their imports (several seconds each)."""
+    code = ("import sys, minicomp, minicomp.cli, minicomp.train\n"
+            "print(sorted(m for m in ('timm', 'transformers', 'accelerate', 'matplotlib', 'minicomp.loop') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == "[]"

@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 
 import minicomp as mc
+import minicomp.loop as mloop  # the loop's own names, to patch
 import minicomp.train as mtrain
 from minicomp.config import load_config, load_saved_config
 from minicomp.data import BadRecord, LlavaDataset
@@ -237,7 +238,7 @@ def test_weights_that_are_not_finite_are_never_saved(tmp_path, monkeypatch):
             next(model.merger.parameters()).data.fill_(float("inf"))
         return real(model, opt)
 
-    monkeypatch.setattr(mtrain, "nonfinite_state", inf_at_third_save)
+    monkeypatch.setattr(mloop, "nonfinite_state", inf_at_third_save)
     cfg = load_config("smoke", sets=["save_every=1", "eval_samples=0"])
     with pytest.raises(FloatingPointError, match=r"step 3: not finite after the update: merger\..*not saved"):
         mtrain.train(cfg, tmp_path / "run", progress=False)
