@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 
 from minicomp.cli import main
 from minicomp.data import make_sample, resize_fixed, to_tensor
-from minicomp.toy import TOY_LLM_PATH, TOY_VFM_PATHS
+from minicomp.toy import TOY_LLM_PATH, TOY_VFM_PATHS, probes
 from minicomp.toy.build import build_toy_models
 from minicomp.toy.llm import _stream, corpus_digest, evaluate, tokenizer_corpus, toy_texts
 from minicomp.toy.tokenizer import build_tokenizer
@@ -153,7 +153,8 @@ def test_glyph_crops_hold_glyphs_with_their_patch_labels():
         assert (word >= 0).any() and (word[glyph >= 0] >= 0).float().mean() > 0.5  # glyphs lie in words
 
 
-def test_build_toy_vfm_smoke(tmp_path):
+def test_build_toy_vfm_smoke(tmp_path, monkeypatch):
+    monkeypatch.setattr(probes, "PROBE_STEPS", 10)  # the build's plumbing, not its probes' fit (200 by default)
     for kind in ("vision", "siglip"):
         log = build_toy_vfm(kind, tmp_path / kind, tokenizer=TOY_LLM_PATH, steps=2, batch=8, n_train=24,
                             n_probe=30, n_test=30)

@@ -26,6 +26,7 @@ from ..vision import CRoPEViT
 
 RESOLUTION = 64  # the toy VFMs' pretraining size
 NATIVE_PATCHES = 256  # the tiny preset's native budget: 64 merged tokens = 256 patches
+PROBE_STEPS = 200  # L-BFGS iterations per linear probe (read at each fit: a smoke test may lower it)
 # attribute -> number of classes; each is probed. The vision-only VFM is pretrained on the layout
 # ones (squashed to 64 px, where the reading ones are illegible) and reads glyphs on crops instead.
 ATTRIBUTES = {"family": 3, "count": 7, "left_colour": len(COLORS), "longest_third": 3, "title": len(WORDS),
@@ -91,8 +92,10 @@ def pooled_features(vit: nn.Module, images: list[torch.Tensor], batch: int = 64)
     return encode(vit, images, batch)[0]
 
 
-def fit_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 200, weight_decay: float = 1e-3) -> nn.Module:
-    """Multinomial logistic regression on standardised features (full-batch L-BFGS)."""
+def fit_probe(x: torch.Tensor, y: torch.Tensor, steps: int | None = None, weight_decay: float = 1e-3) -> nn.Module:
+    """Multinomial logistic regression on standardised features (full-batch L-BFGS, `steps`
+    iterations at most; default PROBE_STEPS)."""
+    steps = PROBE_STEPS if steps is None else steps
     mean, std = x.mean(0), x.std(0) + 1e-6
     lin = nn.Linear(x.shape[1], int(y.max()) + 1)
     nn.init.zeros_(lin.weight)  # the problem is convex: start at zero, so the fit never depends on the global RNG
