@@ -5,7 +5,9 @@ config trained on two machines can differ by about a seed's spread. The librarie
 the toy world is drawn by Pillow (its text through Pillow's FreeType), and a model's random
 initialisation is timm's and transformers'. Reproduce results and toy build logs written since
 2026-12-01 record both (the earlier ones: the machine at most), and reproduce results written since
-2026-12-02 the code's commit too (`code`); `constraints.txt` pins the
+2026-12-02 the code's commit too (`code`): the checkout's state when the result was written. A run
+resumed across commits, or started from a cached stage prefix, trained its earlier steps with
+whatever code ran them then, which `code` does not name. `constraints.txt` pins the
 libraries the README installs (and torchvision, which timm pairs with torch).
 
 Every minicomp process computes with subnormal floats flushed to zero (`flush_denormals`): the
