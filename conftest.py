@@ -1,5 +1,5 @@
 """Every test process, notebook kernel and subprocess runs without wandb: tests/site/sitecustomize.py
-says why (about 5 s of imports per process, which the main install does not have)."""
+says why (about 3 s of imports per process, quiet, which the main install does not have)."""
 import os
 import sys
 from pathlib import Path
