@@ -62,7 +62,7 @@ class TrainConfig:
         for key, d in self.data.items():
             if not isinstance(d, dict) or ("path" in d) == ("synthetic" in d):
                 raise ValueError(f"data.{key}: expected {{'path': ..., 'image_root': ...}} or {{'synthetic': N}}, got {d!r}")
-        from .model import CoMPConfig
+        from .comp_config import CoMPConfig
         CoMPConfig.from_dict(self.model)  # unknown model fields fail here, before anything loads
 
     def to_dict(self) -> dict:

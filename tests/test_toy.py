@@ -224,3 +224,9 @@ def test_toy_build_processes_die_with_the_command(tmp_path):
         time.sleep(0.2)
     assert not any(alive(pid) for pid in kids)
     assert not (tmp_path / "vision" / "model.safetensors").exists()
+
+
+def test_the_toy_paths_name_every_toy_vfm():
+    """`minicomp.toy` writes its VFM kinds out, so that loading a preset's paths imports no timm."""
+    from minicomp.toy import TOY_VFMS
+    assert set(TOY_VFM_PATHS) == set(TOY_VFMS) and all((p / "config.json").is_file() for p in TOY_VFM_PATHS.values())
