@@ -76,3 +76,18 @@ def test_the_command_line_starts_without_the_models_libraries(tmp_path):
                        env={k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")})
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["2", "[]"], r.stdout
+
+
+def test_the_lazy_packages_still_reach_every_submodule():
+    """A lazy `__init__` must not lose what the eager one gave: `import minicomp` then `mc.data`,
+    `toy.vfm` (chapter 05 reads `toy.vfm.LAYOUT` after `import minicomp.toy as toy`)."""
+    import pkgutil
+    import minicomp
+    import minicomp.toy
+    code = "import sys, minicomp, minicomp.toy\n"
+    for pkg in (minicomp, minicomp.toy):
+        for m in pkgutil.iter_modules(pkg.__path__):
+            code += f"assert getattr({pkg.__name__}, {m.name!r}).__name__ == '{pkg.__name__}.{m.name}'\n"
+    code += "print('ok')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.split() == ["ok"], r.stderr[-2000:]

@@ -16,11 +16,14 @@ _NAMES = {  # name -> the module that defines it, loaded on first use: the paths
     "CHAT_TEMPLATE": "tokenizer", "SPECIAL_TOKENS": "tokenizer", "build_tokenizer": "tokenizer",
     "ATTRIBUTES": "vfm", "RESOLUTION": "vfm", "TOY_VFMS": "vfm", "build_toy_vfm": "vfm", "create_toy_vit": "vfm",
 }
+_SUBMODULES = {"build", "llm", "probes", "tokenizer", "vfm"}
 
 
 def __getattr__(name):
     if name in _NAMES:
         return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    if name in _SUBMODULES:  # `toy.vfm` etc., as when this package imported them all
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'minicomp.toy' has no attribute {name!r}")
 
 
