@@ -9,6 +9,7 @@ from minicomp.config import config_differences
 from minicomp.reproduce import list_rows
 from minicomp.reproduce.rows import TABLES, Row, Table, chain, dotted, row_config
 import minicomp.environment as machine_mod
+from minicomp.reproduce import provenance
 import minicomp.reproduce.suite as suite_mod
 from minicomp.reproduce.suite import Job, Suite
 from minicomp.reproduce.tables import accuracy, difference, direction, table_data, to_markdown
@@ -215,9 +216,14 @@ def _jobs(table=PAIR):
 
 @pytest.fixture(scope="module")
 def suite_run(tmp_path_factory):
+    """The pair, each start of a run seeing a new commit (as a suite resumed after a pull would)."""
     out = tmp_path_factory.mktemp("reproduce")
     suite = Suite(out, "smoke", procs=1, progress=False, say=lambda *a: None)
-    return suite, suite.run(_jobs())
+    commits = iter(range(1, 100))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(machine_mod, "code", lambda: f"commit-{next(commits)}")
+        mp.setattr(machine_mod, "machine", lambda: "cpu A")
+        return suite, suite.run(_jobs())
 
 
 def test_a_row_pair_runs_end_to_end_and_shares_its_prefix(suite_run):
@@ -231,6 +237,18 @@ def test_a_row_pair_runs_end_to_end_and_shares_its_prefix(suite_run):
     assert [m["stage"] for m in metrics] == ["I"] * 3 + ["II-fixed"] * 3 + ["II-native"] * 3 + ["III"] * 3
     assert not (suite.out / "runs" / "pair-a-s0" / "checkpoints").exists()  # only the final model is kept
     assert (suite.out / "runs" / "pair-a-s0" / "model" / "comp_config.json").is_file()
+
+
+def test_a_result_names_the_code_of_every_start_that_trained_it(suite_run):
+    """b's first three stages were trained by a's start (commit-1, carried by the cache), its Stage
+    III by its own (commit-2): the result names both, in order, not the code at hand when written."""
+    suite, (a, b) = suite_run
+    assert (a["code"], a["machine"]) == ("commit-1", "cpu A")
+    assert (b["code"], b["machine"]) == ("commit-1 → commit-2", "cpu A")
+    assert [(s["global_step"], s["code"]) for s in b["starts"]] == [(0, "commit-1"), (9, "commit-2")]
+    assert all([s["code"] for s in provenance.starts(c)] == ["commit-1"] for c in (suite.out / "cache").iterdir())
+    assert provenance.chain([{"code": "x"}, {"code": "x"}, {"code": "y"}, {"code": "x"}], "code") == "x → y → x"
+    assert provenance.chain([], "code") == "not recorded"
 
 
 def test_a_row_from_a_cached_prefix_equals_the_row_from_scratch(suite_run, tmp_path):
@@ -282,6 +300,9 @@ def test_an_interrupted_suite_resumes_without_redoing_finished_runs(tmp_path, mo
     log = (tmp_path / "runs" / "pair-c-s0" / "train.log").read_text()
     assert "--resume" in log and "resuming from" in log
     assert c["row"] == "c" and len(c["final"]["hits"]) == 8
+    # its first two steps ran outside the suite, with nothing recorded: the result says so
+    assert a["code"] == machine_mod.code() and c["code"] == f"not recorded → {machine_mod.code()}"
+    assert [s["global_step"] for s in c["starts"]] == [0, 2]
 
 
 def test_tab3_shows_each_original_once_and_the_trained_over_seeds(tmp_path):

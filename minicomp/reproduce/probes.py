@@ -67,10 +67,11 @@ def run_probes(suite: Suite, seeds: int) -> None:
             if old is not None and old["key"] == key:
                 continue
             suite.say(f"tab3: probing the {which} of {job.slug}")
+            where = {"machine": machine(), "code": code()}  # at the start, as a run's are
             torch.manual_seed(job.seed)
             model = CoMPModel.from_pretrained(suite.out / done["run"] / "model")  # run: relative to out
-            _write_json(_path(suite, name), {"key": key, "vfm": kind, "seed": job.seed, "machine": machine(),
-                                             "code": code(), "probes": vfm_probes(model, which=(which,))[which]})
+            _write_json(_path(suite, name), {"key": key, "vfm": kind, "seed": job.seed, **where,
+                                             "probes": vfm_probes(model, which=(which,))[which]})
 
 
 def tab3_data(suite: Suite, seeds: int, wanted: dict[str, str] | None = None) -> dict:

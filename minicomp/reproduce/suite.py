@@ -18,6 +18,9 @@
   (a native stage never reads `fixed_size`) are one run: the second takes the first's result.
 - **Resume.** A run directory left by an interrupted suite, with the same config, is resumed
   from its last checkpoint; a finished result is never redone.
+- **Provenance.** Each start of a run records the code and machine that train from its step on,
+  and a cached stage carries the records of the starts that trained it (`provenance`): a result
+  names them all, "A → B", not the code at hand when it is written.
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ from ..config import TrainConfig, config_differences
 from ..launch import cpu_processes
 from ..resume import read_metrics
 from .keys import UNKEYED, config_key
-from ..environment import code, libraries, machine
+from ..environment import libraries
+from . import provenance
 from .rows import DERIVED, TABLES, Row, Table, row_config
 
 
@@ -235,6 +239,7 @@ class Suite:
         cmd = [sys.executable, "-m", "minicomp.train", "--preset", self.preset, "--config", str(run / "recipe.yaml"),
                "--out", str(run), "--procs", str(procs)] + (["--resume", "--force"] if resume else [])
         start = self._global_step(run)
+        provenance.record_start(run, start)
         with (run / "train.log").open("a") as log:
             log.write(f"$ {' '.join(cmd)}\n")
             log.flush()
@@ -280,8 +285,9 @@ class Suite:
         (run / "checkpoints").mkdir(parents=True)
         shutil.copytree(folder, run / "checkpoints" / f"step-{meta['global_step']:07d}",
                         ignore=shutil.ignore_patterns("metrics.jsonl"))
-        if (folder / "metrics.jsonl").is_file():
-            shutil.copy(folder / "metrics.jsonl", run / "metrics.jsonl")
+        for name in ("metrics.jsonl", provenance.FILE):
+            if (folder / name).is_file():
+                shutil.copy(folder / name, run / name)
         (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         with (run / "train.log").open("a") as log:
             log.write(f"stages {', '.join(s.name for s in cfg.stages[:k + 1])} from the cache: {folder}\n")
@@ -291,6 +297,7 @@ class Suite:
         found = checkpoints(run)
         meta = json.loads((run / "results.json").read_text())
         metrics = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+        starts = provenance.starts(run)
         for ckpt in found:
             m = json.loads((ckpt / "meta.json").read_text())
             key = self.key(job, m["stage_index"] - 1) if m["step"] == 0 and m["stage_index"] >= 1 else None
@@ -302,6 +309,7 @@ class Suite:
                 shutil.rmtree(tmp, ignore_errors=True)
                 # a stage's end needs no optimiser state: the next stage starts a new optimiser
                 shutil.copytree(ckpt, tmp, ignore=lambda d, names: names if Path(d).name == "state" else [])
+                provenance.write_until(starts, tmp, m["global_step"])
                 (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics
                                                            if r["global_step"] <= m["global_step"]))
                 shutil.rmtree(dest, ignore_errors=True)
@@ -310,8 +318,9 @@ class Suite:
             shutil.rmtree(run / folder, ignore_errors=True)
         last = cfg.stages[-1].name
         return {"table": job.table.name, "row": job.row.key, "seed": job.seed, "key": self.key(job),
-                "preset": self.preset, "procs": procs, "run": str(run.relative_to(self.out)), "machine": machine(),
-                "code": code(), "libraries": libraries(), "stage_minutes": meta["stage_minutes"],
+                "preset": self.preset, "procs": procs, "run": str(run.relative_to(self.out)),
+                "machine": provenance.chain(starts, "machine"), "code": provenance.chain(starts, "code"),
+                "starts": starts, "libraries": libraries(), "stage_minutes": meta["stage_minutes"],
                 "final": _compact(meta["evals"][last]),
                 "stages": {s: {"accuracy": e["accuracy"], "blank_accuracy": e["blank"]["accuracy"]}
                            for s, e in meta["evals"].items()},

@@ -21,6 +21,7 @@ import statistics
 
 from ..data.synthetic import READING
 from ..stats import student_t_quantile, wilson
+from .provenance import UNRECORDED
 from .rows import BENCHMARKS, DERIVED, TOY_FAMILY, Table
 
 METRICS = ("all", "reading", *(TOY_FAMILY[b] for b in BENCHMARKS))
@@ -136,9 +137,6 @@ def _ci(x: dict | None, signed: bool = False) -> str:
         return "—"
     f = (lambda v: f"{100 * v:+.1f}") if signed else (lambda v: f"{100 * v:.1f}")
     return f"{f(x['mean'])} [{f(x['lo'])}, {f(x['hi'])}]"
-
-
-UNRECORDED = "not recorded"
 
 
 def _where(rows: list[dict], field: str = "machines") -> str:
