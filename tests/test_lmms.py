@@ -25,6 +25,9 @@ def test_lmms_eval_scores_a_saved_model_as_minicomp_eval_does(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in env.get("PYTHONPATH", "").split(os.pathsep)  # with wandb, as
                                         if p and Path(p) != SITE)                                # its users run it
+    hook = subprocess.run([sys.executable, "-c", "import sys; print('wandb' in sys.modules)"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert hook.stdout.split() == ["False"], hook.stderr  # the hook is really dropped: wandb is importable
     run = subprocess.run([sys.executable, "-m", "lmms_eval", "--model", "minicomp", "--model_args",
                           f"pretrained={tmp_path / 'model'},max_tokens=64", "--tasks", TASK, "--include_path",
                           str(tmp_path / "task"), "--output_path", str(tmp_path / "out"), "--log_samples",
