@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+import yaml
 
 from minicomp.config import config_differences
 from minicomp.reproduce import list_rows
@@ -283,10 +284,10 @@ def test_an_interrupted_suite_resumes_without_redoing_finished_runs(tmp_path, mo
     real = Suite._train
 
     def stop_at_c(self, job, bar):
-        if job.row.key == "c":  # killed two steps into c's Stage I
-            cfg = job.cfg.to_dict() | {"keep_checkpoints": 0, "save_every": 1}
+        if job.row.key == "c":  # killed two steps into c's Stage II-fixed, its last checkpoint Stage I's end
+            cfg = job.cfg.to_dict() | {"keep_checkpoints": 0, "save_every": 0}
             from minicomp.config import TrainConfig
-            train(TrainConfig(**cfg), tmp_path / "runs" / job.slug, stop_after=2, progress=False)
+            train(TrainConfig(**cfg), tmp_path / "runs" / job.slug, stop_after=5, progress=False)
             raise KeyboardInterrupt
         return real(self, job, bar)
 
@@ -300,9 +301,11 @@ def test_an_interrupted_suite_resumes_without_redoing_finished_runs(tmp_path, mo
     log = (tmp_path / "runs" / "pair-c-s0" / "train.log").read_text()
     assert "--resume" in log and "resuming from" in log
     assert c["row"] == "c" and len(c["final"]["hits"]) == 8
-    # its first two steps ran outside the suite, with nothing recorded: the result says so
+    # its Stage I ran outside the suite, with nothing recorded: the result says so
     assert a["code"] == machine_mod.code() and c["code"] == f"not recorded → {machine_mod.code()}"
-    assert [s["global_step"] for s in c["starts"]] == [0, 2]
+    assert [s["global_step"] for s in c["starts"]] == [0, 3]  # from its checkpoint, not its last metrics
+    assert yaml.safe_load((tmp_path / "runs" / "pair-c-s0" / "recipe.yaml").read_text())["save_every"] == \
+        suite_mod.SAVE_EVERY  # a stop loses at most that much
 
 
 def test_tab3_shows_each_original_once_and_the_trained_over_seeds(tmp_path):

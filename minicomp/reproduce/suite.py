@@ -17,7 +17,8 @@
 - **The same run twice.** Rows of two tables whose configs agree in every field that training reads
   (a native stage never reads `fixed_size`) are one run: the second takes the first's result.
 - **Resume.** A run directory left by an interrupted suite, with the same config, is resumed
-  from its last checkpoint; a finished result is never redone.
+  from its last checkpoint; a finished result is never redone. Runs save every `SAVE_EVERY` steps
+  (unkeyed: it changes no number), so a stop loses at most that much of a stage.
 - **Provenance.** Each start of a run records the code and machine that train from its step on,
   and a cached stage carries the records of the starts that trained it (`provenance`): a result
   names them all, "A → B", not the code at hand when it is written.
@@ -45,6 +46,9 @@ from ..environment import libraries
 from . import provenance
 from .rows import DERIVED, TABLES, Row, Table, row_config
 
+
+
+SAVE_EVERY = 200  # optimiser steps between a run's checkpoints: about two minutes of the tiny recipe here
 
 
 @dataclass
@@ -226,7 +230,7 @@ class Suite:
         run = self.out / "runs" / job.slug
         procs = self._procs(job.cfg)
         cfg = TrainConfig(**{**job.cfg.to_dict(), "keep_checkpoints": 0,  # keep every stage's end, to cache
-                             **eval_settings(job)})
+                             "save_every": SAVE_EVERY, **eval_settings(job)})
         resume = self._resumable(run, cfg)
         if not resume:
             shutil.rmtree(run, ignore_errors=True)
@@ -239,7 +243,7 @@ class Suite:
         cmd = [sys.executable, "-m", "minicomp.train", "--preset", self.preset, "--config", str(run / "recipe.yaml"),
                "--out", str(run), "--procs", str(procs)] + (["--resume", "--force"] if resume else [])
         start = self._global_step(run)
-        provenance.record_start(run, start)
+        provenance.record_start(run, self._resume_step(run) if resume else 0)
         with (run / "train.log").open("a") as log:
             log.write(f"$ {' '.join(cmd)}\n")
             log.flush()
@@ -268,6 +272,13 @@ class Suite:
             return 0
         recs = read_metrics(path)
         return recs[-1]["global_step"] if recs else 0
+
+    @staticmethod
+    def _resume_step(run: Path) -> int:
+        """The global step a resumed run starts from: its newest complete checkpoint's (the metrics
+        may run past it, to where the run was stopped)."""
+        found = checkpoints(run)
+        return json.loads((found[-1] / "meta.json").read_text())["global_step"] if found else 0
 
     @staticmethod
     def _resumable(run: Path, cfg: TrainConfig) -> bool:
