@@ -46,9 +46,7 @@ from ..environment import libraries
 from . import provenance
 from .rows import DERIVED, TABLES, Row, Table, row_config
 
-
-
-SAVE_EVERY = 200  # optimiser steps between a run's checkpoints: about two minutes of the tiny recipe here
+SAVE_EVERY = 200  # optimiser steps between a run's checkpoints: 2-4 minutes of the tiny recipe on 2 cores
 
 
 @dataclass
