@@ -224,7 +224,8 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(smoke_run, tmp_path)
     before = mtrain.checkpoints(out)
     assert before and json.loads((before[-1] / "meta.json").read_text())["global_step"] < 12
     resume = [sys.executable, "-m", "minicomp.train", "--out", str(out), "--procs", "1", "--resume"]  # no preset: the saved config
-    subprocess.run(resume, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = subprocess.run(resume, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]  # resumed at once, while the killed run's worker may live on
     ref, got = _metrics(ref_out), _metrics(out)
     assert sorted(ref) == sorted(got)
     for step in ref:  # the same loss trajectory ...
@@ -429,6 +430,28 @@ def test_a_run_directory_is_locked_by_one_run(tmp_path):
         holder.wait()
     meta = mtrain.train(cfg, out, stop_after=1)  # the kernel released the dead holder's lock
     assert meta["global_step"] == 1
+
+
+def test_a_killed_runs_forked_workers_do_not_hold_its_lock(tmp_path):
+    """A DataLoader worker is forked after the lock is taken and outlives a SIGKILLed main process
+    by a few seconds: a resume started at once must still get the directory (CI once failed so)."""
+    from minicomp.runlock import lock_run_dir, unlock_run_dir
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import os, sys, time; from pathlib import Path; "
+                               "from minicomp.runlock import lock_run_dir; lock_run_dir(Path(sys.argv[1])); "
+                               "pid = os.fork()\nif pid == 0: time.sleep(60); os._exit(0)\n"
+                               "print(pid, flush=True); time.sleep(120)", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        os.kill(worker, 0)  # the forked worker is still alive ...
+        lock_run_dir(out)  # ... and the lock is free
+        unlock_run_dir(out)
+    finally:
+        os.kill(worker, signal.SIGKILL)
 
 
 def test_auto_word_prior_counts_stage_two_data_never_stage_three(tmp_path):
