@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file
 
 from .shard import full_optimizer_state, full_state_dict, load_optimizer_state, local
@@ -37,23 +37,47 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
+TORN = (OSError, ValueError, KeyError, RuntimeError, SafetensorError)  # what reading a torn checkpoint raises
+
+
+def checkpoint_meta(ckpt: Path) -> dict:
+    """The meta.json of a checkpoint that is whole on disk, or an error naming what is torn: a
+    meta.json that does not parse or lacks the step, no optimiser state, or a model.safetensors
+    shorter than its header says (its tensors are not read here)."""
+    meta = json.loads((ckpt / "meta.json").read_text())
+    if not isinstance(meta, dict) or not {"stage_index", "step", "global_step"} <= set(meta):
+        raise ValueError("meta.json lacks stage_index, step or global_step")
+    if not (ckpt / "state").is_dir():
+        raise FileNotFoundError(f"{ckpt / 'state'} is missing")
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:  # checks the file covers its header
+        f.keys()
+    return meta
+
+
+def newest_usable(found: list[Path]) -> dict | None:
+    """The meta of the newest of `found` that `checkpoint_meta` accepts (what a resume starts
+    from, unless its weights then fail to load), or None."""
+    for ckpt in reversed(found):
+        try:
+            return checkpoint_meta(ckpt)
+        except TORN:
+            continue
+    return None
+
+
 def load_checkpoint(model, found: list[Path], say) -> tuple[Path, dict]:
     """Load the newest usable checkpoint of `found` into `model`: -> (its folder, its meta). One
-    that is torn (a meta.json or model.safetensors that does not parse, no optimiser state) is
-    named and passed over for the one before; none usable is an error naming each."""
+    that is torn (`checkpoint_meta`), or whose weights do not load, is named and passed over for
+    the one before; none usable is an error naming each."""
     errors = []
     for ckpt in reversed(found):
         try:
-            meta = json.loads((ckpt / "meta.json").read_text())
-            if not isinstance(meta, dict) or not {"stage_index", "step", "global_step"} <= set(meta):
-                raise ValueError("meta.json lacks stage_index, step or global_step")
-            if not (ckpt / "state").is_dir():
-                raise FileNotFoundError(f"{ckpt / 'state'} is missing")
+            meta = checkpoint_meta(ckpt)
             load_model(model, str(ckpt / "model.safetensors"))  # reads the whole file before any weight is set
             if errors:
                 say(f"resuming from {ckpt.name}, the newest usable checkpoint; passed over: " + "; ".join(errors))
             return ckpt, meta
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        except TORN as e:
             errors.append(f"{ckpt}: {type(e).__name__}: {e}")
     raise RuntimeError("no usable checkpoint to resume from: " + "; ".join(errors))
 

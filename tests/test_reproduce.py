@@ -441,3 +441,27 @@ def test_code_flags_changes_to_the_package_alone(tmp_path):
     with open(tmp_path / "minicomp" / "packed.py", "a") as f:
         f.write("\n# edited\n")
     assert code() == head + "+changes"
+
+
+def test_a_resumed_runs_recorded_step_passes_over_a_torn_checkpoint(tmp_path):
+    """Provenance records a resume at the checkpoint the loop will load: a torn newest one is passed
+    over, as `load_checkpoint` passes it over."""
+    from safetensors.torch import save_file
+
+    from minicomp.checkpoint import checkpoint_meta, checkpoints
+
+    run = tmp_path / "run"
+    for step in (3, 5):
+        ckpt = run / "checkpoints" / f"step-{step:07d}"
+        (ckpt / "state").mkdir(parents=True)
+        save_file({"w": torch.zeros(64, 64)}, str(ckpt / "model.safetensors"))
+        (ckpt / "meta.json").write_text(json.dumps({"stage_index": 1, "step": step, "global_step": step}))
+    assert Suite._resume_step(run) == 5
+    newest = checkpoints(run)[-1] / "model.safetensors"
+    with open(newest, "r+b") as f:  # killed mid-write: shorter than its header says
+        f.truncate(1000)
+    with pytest.raises(Exception, match="incomplete metadata"):
+        checkpoint_meta(checkpoints(run)[-1])
+    assert Suite._resume_step(run) == 3
+    (checkpoints(run)[0] / "meta.json").write_text("{}")  # and a meta.json without its step
+    assert Suite._resume_step(run) == 0

@@ -224,7 +224,7 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(smoke_run, tmp_path)
     before = mtrain.checkpoints(out)
     assert before and json.loads((before[-1] / "meta.json").read_text())["global_step"] < 12
     resume = [sys.executable, "-m", "minicomp.train", "--out", str(out), "--procs", "1", "--resume"]  # no preset: the saved config
-    r = subprocess.run(resume, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(resume, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     assert r.returncode == 0, r.stderr[-3000:]  # resumed at once, while the killed run's worker may live on
     ref, got = _metrics(ref_out), _metrics(out)
     assert sorted(ref) == sorted(got)

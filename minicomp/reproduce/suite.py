@@ -37,7 +37,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from ..checkpoint import checkpoints
+from ..checkpoint import TORN, checkpoint_meta, checkpoints, newest_usable
 from ..config import TrainConfig, config_differences
 from ..launch import cpu_processes
 from ..resume import read_metrics
@@ -273,10 +273,11 @@ class Suite:
 
     @staticmethod
     def _resume_step(run: Path) -> int:
-        """The global step a resumed run starts from: its newest complete checkpoint's (the metrics
-        may run past it, to where the run was stopped)."""
-        found = checkpoints(run)
-        return json.loads((found[-1] / "meta.json").read_text())["global_step"] if found else 0
+        """The global step a resumed run starts from: its newest checkpoint that is whole on disk
+        (the metrics may run past it, to where the run was stopped; a torn one is passed over, as
+        the loop passes it over)."""
+        meta = newest_usable(checkpoints(run))
+        return meta["global_step"] if meta else 0
 
     @staticmethod
     def _resumable(run: Path, cfg: TrainConfig) -> bool:
@@ -308,7 +309,10 @@ class Suite:
         metrics = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
         starts = provenance.starts(run)
         for ckpt in found:
-            m = json.loads((ckpt / "meta.json").read_text())
+            try:
+                m = checkpoint_meta(ckpt)
+            except TORN:  # never cache a torn checkpoint: every row starting from it would inherit it
+                continue
             key = self.key(job, m["stage_index"] - 1) if m["step"] == 0 and m["stage_index"] >= 1 else None
             if key not in self.shared:
                 continue
