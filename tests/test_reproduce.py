@@ -465,3 +465,29 @@ def test_a_resumed_runs_recorded_step_passes_over_a_torn_checkpoint(tmp_path):
     assert Suite._resume_step(run) == 3
     (checkpoints(run)[0] / "meta.json").write_text("{}")  # and a meta.json without its step
     assert Suite._resume_step(run) == 0
+
+
+def test_a_torn_stage_end_checkpoint_is_never_cached(tmp_path):
+    """A finished run's stage-end checkpoints go to the cache for the rows that share the stage; a
+    torn one is named and left out, so no row starts from it."""
+    from safetensors.torch import save_file
+
+    said = []
+    suite = Suite(tmp_path, "smoke", procs=1, progress=False, say=said.append)
+    jobs = _jobs()
+    suite.shared = suite.shared_prefixes(jobs)  # a and b share every stage before III
+    job, run = jobs[0], tmp_path / "runs" / jobs[0].slug
+    assert {suite.key(job, 0), suite.key(job, 1)} <= suite.shared
+    for k, step in ((1, 2), (2, 4)):  # the ends of the first and second stages
+        ckpt = run / "checkpoints" / f"step-{step:07d}"
+        (ckpt / "state").mkdir(parents=True)
+        save_file({"w": torch.zeros(64, 64)}, str(ckpt / "model.safetensors"))
+        (ckpt / "meta.json").write_text(json.dumps({"stage_index": k, "step": 0, "global_step": step}))
+    with open(run / "checkpoints" / "step-0000004" / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    ev = {"hits": [1], "kinds": ["scene/shapes"], "accuracy": 1.0, "blank": {"hits": [0], "accuracy": 0.0}}
+    (run / "results.json").write_text(json.dumps({"stage_minutes": {}, "evals": {job.cfg.stages[-1].name: ev}}))
+    suite._collect(job, run, job.cfg, 1)
+    assert (tmp_path / "cache" / suite.key(job, 0) / "meta.json").is_file()
+    assert not (tmp_path / "cache" / suite.key(job, 1)).exists()
+    assert any("step-0000004: not cached, torn" in s for s in said)

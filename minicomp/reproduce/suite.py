@@ -311,7 +311,8 @@ class Suite:
         for ckpt in found:
             try:
                 m = checkpoint_meta(ckpt)
-            except TORN:  # never cache a torn checkpoint: every row starting from it would inherit it
+            except TORN as e:  # never cache a torn checkpoint: every row starting from it would inherit it
+                self.say(f"{ckpt}: not cached, torn ({type(e).__name__}: {e}); rows that share it train it again")
                 continue
             key = self.key(job, m["stage_index"] - 1) if m["step"] == 0 and m["stage_index"] >= 1 else None
             if key not in self.shared:
