@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing as mp
+import os
 import statistics
 import time
 
@@ -195,6 +196,8 @@ def main():
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        if device.type == "cpu":  # else the profiler prints start/stop markers and a GPU count error
+            os.environ.setdefault("KINETO_LOG_LEVEL", "6")
         with profile(activities=acts) as prof:
             step(*systems["minicomp CRoPEViT (packed)"])
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"

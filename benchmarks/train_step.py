@@ -349,6 +349,7 @@ def kernels(args) -> None:
     import math
     from torch.profiler import ProfilerActivity, profile
 
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # else the profiler prints start/stop markers and a GPU count error
     torch.set_num_threads(1)
     cfg, stage, model, opt, batches, step, G = _setup(args.preset, args.stage, 2 * args.steps + 2, args.set)
     step(), step()  # warm-up

@@ -39,21 +39,24 @@ def test_two_measurements_at_once_are_refused(monkeypatch, capsys):
     assert e.value.code == 2 and "--kernels and --against are different measurements" in capsys.readouterr().err
 
 
-def test_kernel_split_accounts_for_the_profiled_time_and_bounds_the_speed_up(capsys):
+def test_kernel_split_accounts_for_the_profiled_time_and_bounds_the_speed_up(capfd, monkeypatch):
     """`train_step.py --kernels` at smoke size: the three kinds' shares add up to the profiled CPU
-    time, and the bound it prints is the step time over the products' and attention's time."""
+    time, and the bound it prints is the step time over the products' and attention's time. The
+    profiler's own start/stop markers stay off the terminal."""
     import argparse
     import re
 
     import torch
 
+    monkeypatch.delenv("KINETO_LOG_LEVEL", raising=False)  # restored after the test
     bench = _train_step()
     threads = torch.get_num_threads()
     try:
         bench.kernels(argparse.Namespace(preset="smoke", stage="II-native", steps=1, set=[]))
     finally:
         torch.set_num_threads(threads)
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
+    assert "profiler_start" not in err and "gpuGetDeviceCount" not in err, err
     step = float(re.search(r"step (\d+) ms", out).group(1))
     kinds = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)))
              for m in re.finditer(r"^  (matrix products.*?|attention \(SDPA.*?|everything else)\s+(\d+)\s+([\d.]+)%$",
