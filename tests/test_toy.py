@@ -15,7 +15,8 @@ from minicomp.toy import TOY_LLM_PATH, TOY_VFM_PATHS, probes
 from minicomp.toy.build import build_toy_models
 from minicomp.toy.llm import _stream, corpus_digest, evaluate, tokenizer_corpus, toy_texts
 from minicomp.toy.tokenizer import build_tokenizer
-from minicomp.toy.probes import attentive_probe_accuracy, encode, patch_features, patch_probes, probe_accuracy
+from minicomp.toy.probes import (attentive_probe_accuracy, encode, patch_features, patch_probes, probe_accuracy,
+                                  probe_pixels)
 from minicomp.toy.vfm import (ATTRIBUTES, attribute, build_toy_vfm, create_toy_vit, glyph_crops, measure_probes,
                               pooled_features, probe_images)
 
@@ -40,14 +41,19 @@ def test_the_shipped_toy_llm_was_built_on_todays_world():
     assert json.loads(tok.backend_tokenizer.to_str())["model"] == shipped["model"]
 
 
-def test_toy_build_from_scratch_smoke(tmp_path):
+def test_toy_build_from_scratch_smoke(tmp_path, monkeypatch):
+    shipped = (TOY_LLM_PATH / "model.safetensors").read_bytes()
     assert main(["toy", "build", "--out", str(tmp_path), "--only", "llm", "--steps", "3"]) == 0
-    assert main(["toy", "build", "--out", str(tmp_path / "again"), "--only", "llm", "--steps", "3", "--jobs", "1"]) == 0
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # without --out: ./toy-build, never the shipped models
+    assert main(["toy", "build", "--only", "llm", "--steps", "3", "--jobs", "1"]) == 0
+    assert (TOY_LLM_PATH / "model.safetensors").read_bytes() == shipped
+    default = tmp_path / "cwd" / "toy-build"
     for f in ("model.safetensors", "tokenizer.json"):  # bit-reproducible, whatever --jobs
-        assert (tmp_path / "llm" / f).read_bytes() == (tmp_path / "again" / "llm" / f).read_bytes(), f
+        assert (tmp_path / "llm" / f).read_bytes() == (default / "llm" / f).read_bytes(), f
     log = json.loads((tmp_path / "llm" / "build_log.json").read_text())
     assert log["steps"] == 3 and log["val_loss"] < log["val_loss_before"]
-    again = json.loads((tmp_path / "again" / "llm" / "build_log.json").read_text())
+    again = json.loads((default / "llm" / "build_log.json").read_text())
     assert log["corpus_sha256"] == again["corpus_sha256"] == corpus_digest(toy_texts("train", 6000))  # what it read
     assert log["libraries"]["torch"] == torch.__version__.split("+")[0]
     assert log["threads"] == 1  # each build single-threaded: its bits do not depend on the machine's cores
@@ -57,14 +63,6 @@ def test_toy_build_from_scratch_smoke(tmp_path):
         with pytest.raises(ValueError, match=says):
             list(build_toy_models(tmp_path / "bad", **bad))
     assert model(input_ids=x).logits.shape == (1, 3, model.config.vocab_size)
-
-
-def test_toy_build_leaves_the_shipped_models_alone_by_default(tmp_path, monkeypatch):
-    shipped = (TOY_LLM_PATH / "model.safetensors").read_bytes()
-    monkeypatch.chdir(tmp_path)
-    assert main(["toy", "build", "--only", "llm", "--steps", "1"]) == 0
-    assert (tmp_path / "toy-build" / "llm" / "model.safetensors").exists()
-    assert (TOY_LLM_PATH / "model.safetensors").read_bytes() == shipped
 
 
 # ---- toy VFMs -------------------------------------------------------------------------------
@@ -114,6 +112,8 @@ def test_patch_probes_on_given_features_equal_those_they_compute():
     train, test = probe_images("train", 12), probe_images("test", 8)
     pixels = [[to_tensor(resize_fixed(im, 64), vit.pretrained_cfg["mean"], vit.pretrained_cfg["std"]) for im in imgs]
               for imgs, _, _ in (train, test)]
+    assert all(torch.equal(a, b) for px, (imgs, _, _) in zip(pixels, (train, test))
+               for a, b in zip(px, probe_pixels(vit, imgs, 64)))  # what every probe feeds the ViT
     given = tuple(encode(vit, px)[1] for px in pixels)
     assert patch_probes(vit, train, test, features=given) == patch_probes(vit, train, test)
 

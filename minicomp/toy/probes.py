@@ -148,6 +148,14 @@ def _resize(img, patch: int, size: int | None, max_patches: int):
     return resize_fixed(img, size) if size else resize_to_budget(img, patch, 1, 1, max_patches)
 
 
+def probe_pixels(vit: nn.Module, images, size: int | None = RESOLUTION,
+                 max_patches: int = NATIVE_PATCHES) -> list[torch.Tensor]:
+    """PIL images as every probe feeds them to `vit`: squashed to size×size or (size=None) native
+    within `max_patches` patches, normalised with the ViT's mean and std -> list of (3, H_i, W_i)."""
+    cfg, p = vit.pretrained_cfg, vit.patch_embed.patch_size[0]
+    return [to_tensor(_resize(im, p, size, max_patches), cfg["mean"], cfg["std"]) for im in images]
+
+
 def patch_features(vit: nn.Module, images: list[torch.Tensor], batch: int = 64) -> list[torch.Tensor]:
     """Final-layer patch tokens of images of any size: list of (h_i * w_i, D) (`encode`)."""
     return encode(vit, images, batch)[1]
@@ -171,12 +179,12 @@ def patch_probes(vit: nn.Module, train, test, size: int | None = RESOLUTION, max
     (evenly spaced). -> {target: {"accuracy", "chance" (the commonest label), "n"} (+ "miou",
     the mean intersection over union over classes, for "segment")}. `features`: the patch tokens
     of train and test at these sizes where they were computed already (`encode`)."""
-    cfg, p = vit.pretrained_cfg, vit.patch_embed.patch_size[0]
+    p = vit.patch_embed.patch_size[0]
     data = {t: [None, None] for t in targets}  # target -> [train, test], each (features, labels)
     for split, (imgs, _, metas) in enumerate((train, test)):
         sized = [_resize(im, p, size, max_patches) for im in imgs]
         feats = features[split] if features is not None else \
-            patch_features(vit, [to_tensor(im, cfg["mean"], cfg["std"]) for im in sized])
+            patch_features(vit, probe_pixels(vit, imgs, size, max_patches))
         for t in targets:
             x, y = [], []
             for f, im, m in zip(feats, sized, metas):
@@ -211,9 +219,7 @@ def measure_probes(vit: nn.Module, train, test, size: int | None = RESOLUTION, m
     as the paper probes its VFMs) instead of logistic regression on the ViT's own pooled output.
     -> {attribute: accuracy, "mean": mean over attributes, "glyph", "word", "segment" (accuracy),
     "segment_miou"}."""
-    cfg, p = vit.pretrained_cfg, vit.patch_embed.patch_size[0]
-    pixels = [[to_tensor(_resize(im, p, size, max_patches), cfg["mean"], cfg["std"]) for im in imgs]
-              for imgs, _, _ in (train, test)]
+    pixels = [probe_pixels(vit, imgs, size, max_patches) for imgs, _, _ in (train, test)]
     pooled, patches = zip(*(encode(vit, px) for px in pixels))  # one forward per split serves every probe
     if attentive:
         out = attentive_probe_accuracy(patches[0], train[1], patches[1], test[1], steps=attentive_steps)
