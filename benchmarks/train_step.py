@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --stage III            # another stage
     python benchmarks/train_step.py --against c216eef      # this tree and an older commit, interleaved in one run
     python benchmarks/train_step.py --kernels              # CPU time by kind of kernel, and the speed-up it leaves
+    python benchmarks/train_step.py --ranks                # what running as DDP ranks costs: waits, all-reduce
     python benchmarks/train_step.py --paper                # CUDA: paper-1b-siglip's architecture (random
                                                            # weights), a native-resolution batch, with MFU
 
@@ -21,6 +22,12 @@ alignment loss, the optimiser, data preparation); their sum is printed beside th
 so what is not attributed (the all-reduce, waiting for the slower rank) is visible. Then the
 model's FLOP/s in the step beside a plain matmul at the ViT's MLP shape on the same threads: how
 far the step is from what this CPU does at its best.
+
+--ranks measures what the split leaves out: the preset's DDP ranks take steps with and without
+the gradient all-reduce in turns (no_sync), and each rank times its wait for data, its forward +
+backward, its wait at the reduce of the logged losses and its optimiser. The all-reduce costs the
+difference between the two kinds of step (medians of the slower rank's); waiting for the slower
+rank is the mean gap between the ranks' forward + backward in the steps without it.
 
 MFU (--paper) counts 6 FLOPs per parameter per token for the LLM and for the ViT's patches
 (forward + backward), plus the attention score and value products, over the step time and the
@@ -96,22 +103,35 @@ def _setup(preset: str, stage_name: str, steps: int, sets: list[str] = (), world
     loader = iter(DataLoader(batches, batch_size=None, num_workers=cfg.num_workers))
     params = [p for g in groups for p in g["params"]]
 
-    def step() -> float:
+    def step(sync: bool = True, parts: dict | None = None) -> float:
+        """One optimiser step -> seconds. sync=False: no gradient all-reduce (every micro-batch under
+        no_sync). parts: filled with this rank's seconds waiting for data, in forward + backward, at
+        the reduce of the logged losses (where a rank waits for the slower one) and in the optimiser."""
         t = time.perf_counter()
         sums = torch.zeros(5)
+        waited = computed = 0.0
         for a in range(batches.accum):
+            t0 = time.perf_counter()
             b = next(loader)
-            with contextlib.nullcontext() if a == batches.accum - 1 else no_sync():
+            t1 = time.perf_counter()
+            with contextlib.nullcontext() if sync and a == batches.accum - 1 else no_sync():
                 out = wrapped(b)
                 (out.loss / batches.accum).backward()
             sums += torch.stack([out.loss.detach(), out.loss_dec.detach(), out.loss_align.detach(), torch.tensor(0.0),
                                  b.attention_mask.sum().float()])
+            waited, computed = waited + t1 - t0, computed + time.perf_counter() - t1
+        t2 = time.perf_counter()
         if world > 1:
             torch.distributed.all_reduce(sums)  # minicomp.loop's per-step reduce of the logged losses
+        t3 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return time.perf_counter() - t
+        end = time.perf_counter()
+        if parts is not None:
+            parts.update({"data": waited, "forward + backward": computed, "waiting": t3 - t2, "optimiser": end - t3,
+                          "step": end - t})
+        return end - t
 
     return cfg, stage, model, opt, batches, step, G
 
@@ -151,13 +171,14 @@ class _Ranks:
             p.wait()
 
 
-def _spawn(tree: Path, args, sets: list[str], procs: int = 1) -> _Ranks:
+def _spawn(tree: Path, args, sets: list[str], procs: int = 1, extra: tuple[str, ...] = ()) -> _Ranks:
     """A worker on `tree`: one process with the machine's threads, or `procs` DDP ranks over gloo
-    with cores/procs threads each, as `minicomp train`'s CPU launcher starts them."""
+    with cores/procs threads each, as `minicomp train`'s CPU launcher starts them. extra: more
+    worker flags (--ranks)."""
     from minicomp.launch import threads_per_process
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--preset", args.preset, "--stage", args.stage,
-           "--steps", str(args.steps + 4), *(["--set", *sets] if sets else [])]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *extra, "--preset", args.preset,
+           "--stage", args.stage, "--steps", str(args.steps + 4), *(["--set", *sets] if sets else [])]
     if procs == 1:
         return _Ranks([subprocess.Popen(cmd, cwd=tempfile.gettempdir(), env=env, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, text=True)])
@@ -226,6 +247,57 @@ def _run_group(args, procs: int) -> tuple[dict, list[float]]:
     group.stdin.flush()
     group.wait()
     return info, times
+
+
+def ranks_worker(args) -> None:
+    """One DDP rank of --ranks: steps with and without the gradient all-reduce, alternating, after
+    two warm-up steps; rank 0 prints every rank's parts of every step as one JSON line."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    n = args.steps - 4  # each way
+    cfg, stage, model, _, batches, step, G = _setup(args.preset, args.stage, 2 * n + 2, args.set, world)
+    step(), step()  # warm-up
+    mine: dict[str, list[dict]] = {"with": [], "without": []}
+    for i in range(2 * n):
+        parts: dict[str, float] = {}
+        step(sync=i % 2 == 0, parts=parts)
+        mine["with" if i % 2 == 0 else "without"].append(parts)
+    every = [None] * world
+    torch.distributed.all_gather_object(every, mine)
+    if torch.distributed.get_rank() == 0:
+        print(json.dumps({"global_batch": G, "micro_batch": cfg.micro_batch, "num_workers": cfg.num_workers,
+                          "threads": torch.get_num_threads(), "stage": stage.name, "ranks": every}), flush=True)
+    torch.distributed.destroy_process_group()
+
+
+def ranks(args) -> None:
+    """What running as DDP ranks costs a step: each rank's parts, and the gradient all-reduce as
+    the difference between steps with it and without it, taken in turns in one run."""
+    procs = args.procs or _launcher_procs(args)
+    if procs < 2:
+        raise SystemExit(f"--ranks measures DDP ranks; `minicomp train` runs {procs} process here: pass --procs 2")
+    group = _spawn(ROOT, args, args.set, procs, extra=("--ranks",))
+    out = json.loads(group.stdout.readline())
+    group.wait()
+    med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
+    keys = ("data", "forward + backward", "waiting", "optimiser", "step")
+    print(f"{args.preset}, stage {out['stage']}, CPU fp32, {procs} DDP ranks over gloo x {out['threads']} thread(s): "
+          f"global batch {out['global_batch']}, micro-batch {out['micro_batch']}, num_workers "
+          f"{out['num_workers']}; {args.steps} steps with the gradient all-reduce and {args.steps} without, in turns "
+          f"(medians, ms per step)")
+    print(f"{'':16s}" + "".join(f"{k:>20s}" for k in keys))
+    for way in ("with", "without"):
+        print(f"{way} the all-reduce")
+        for r, rows in enumerate(out["ranks"]):
+            print(f"  rank {r:<9d}" + "".join(f"{med(rows[way], k) * 1000:20.1f}" for k in keys))
+    step_with = statistics.median(max(rk["with"][i]["step"] for rk in out["ranks"]) for i in range(args.steps))
+    step_without = statistics.median(max(rk["without"][i]["step"] for rk in out["ranks"]) for i in range(args.steps))
+    compute = [[rk["without"][i]["forward + backward"] for rk in out["ranks"]] for i in range(args.steps)]
+    spread = statistics.mean(max(c) - min(c) for c in compute)
+    print(f"the gradient all-reduce: {(step_with - step_without) * 1000:.1f} ms per step (the step {step_with * 1000:.0f} "
+          f"ms with it, {step_without * 1000:.0f} without: {(step_with - step_without) / step_with:.1%})")
+    print(f"waiting for the slower rank: the ranks' forward + backward differ by {spread * 1000:.1f} ms a step on "
+          f"average without the all-reduce ({spread / step_with:.1%} of the step)")
+    print("every rank also waits for its data and runs the optimiser over all the parameters (the columns above)")
 
 
 def gemm_rate(m: int, k: int, n: int, seconds: float = 2.0) -> float:
@@ -544,12 +616,14 @@ def main():
                     help="with --against: DDP processes for the old revision (default 1: it had no CPU launcher)")
     ap.add_argument("--kernels", action="store_true",
                     help="CPU time by kind of kernel (one 1-thread process, torch.profiler) and the speed-up it leaves")
+    ap.add_argument("--ranks", action="store_true",
+                    help="what running as DDP ranks costs a step: each rank's parts, and the gradient all-reduce")
     ap.add_argument("--paper", action="store_true", help="paper-1b-siglip's architecture on CUDA")
     ap.add_argument("--batch", type=int, default=None, help="--paper: images per step (default: the preset's micro-batch)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="--paper: dense bf16 peak of the GPU")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    modes = [f"--{m}" for m in ("kernels", "paper", "against") if getattr(args, m)]
+    modes = [f"--{m}" for m in ("kernels", "paper", "against", "ranks") if getattr(args, m)]
     if len(modes) > 1 and not args.worker:
         ap.error(f"{' and '.join(modes)} are different measurements: choose one")
     try:  # each tree's processes compute as its `minicomp train` does (older trees did not flush)
@@ -558,7 +632,9 @@ def main():
     except ImportError:
         pass
     if args.worker:
-        worker(args)
+        ranks_worker(args) if args.ranks else worker(args)
+    elif args.ranks:
+        ranks(args)
     elif args.kernels:
         kernels(args)
     elif args.paper:

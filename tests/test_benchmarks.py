@@ -1,5 +1,5 @@
-"""The training-step benchmark's DDP path, end to end at smoke size: two trees, each as two ranks over
-gloo, taking turns (no time is asserted)."""
+"""The training-step benchmark at smoke size: two trees, each as two ranks over gloo, taking turns;
+what two ranks cost a step (--ranks); the kernel split (no time is asserted)."""
 import os
 import subprocess
 import sys
@@ -20,6 +20,28 @@ def test_train_step_against_a_revision_with_two_ddp_ranks_each():
     assert len(lines) == 2, p.stdout
     assert lines[0].startswith("HEAD (old)") and "2 x 1 thread(s)" in lines[0]
     assert lines[1].startswith("this tree") and "2 x 1 thread(s)" in lines[1]
+
+
+def test_ranks_attributes_the_step_to_data_compute_waiting_and_the_all_reduce():
+    """`train_step.py --ranks` at smoke size: both ranks' parts with and without the gradient
+    all-reduce, each no longer than its step, and the two costs it names."""
+    p = subprocess.run([sys.executable, "benchmarks/train_step.py", "--preset", "smoke", "--steps", "2", "--procs", "2",
+                        "--ranks"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [line.split() for line in p.stdout.splitlines() if line.strip().startswith("rank ")]
+    assert [r[1] for r in rows] == ["0", "1", "0", "1"], p.stdout  # with the all-reduce, then without
+    for r in rows:
+        data, compute, waiting, optimiser, step = map(float, r[2:])
+        assert min(data, compute, waiting, optimiser) >= 0 and compute > 0
+        assert max(data, compute, waiting, optimiser) <= step, r
+    assert "the gradient all-reduce:" in p.stdout and "waiting for the slower rank:" in p.stdout
+
+
+def test_ranks_needs_two_processes(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train_step.py", "--ranks", "--procs", "1"])
+    with pytest.raises(SystemExit, match="--ranks measures DDP ranks"):
+        _train_step().main()
 
 
 def _train_step():
