@@ -253,7 +253,7 @@ def ranks_worker(args) -> None:
     """One DDP rank of --ranks: steps with and without the gradient all-reduce, alternating, after
     two warm-up steps; rank 0 prints every rank's parts of every step as one JSON line."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    n = args.steps - 4  # each way
+    n = args.steps - 4  # steps each way: the user's --steps (_spawn passes 4 more)
     cfg, stage, model, _, batches, step, G = _setup(args.preset, args.stage, 2 * n + 2, args.set, world)
     step(), step()  # warm-up
     mine: dict[str, list[dict]] = {"with": [], "without": []}
@@ -276,8 +276,12 @@ def ranks(args) -> None:
     if procs < 2:
         raise SystemExit(f"--ranks measures DDP ranks; `minicomp train` runs {procs} process here: pass --procs 2")
     group = _spawn(ROOT, args, args.set, procs, extra=("--ranks",))
-    out = json.loads(group.stdout.readline())
+    line = group.stdout.readline()
     group.wait()
+    if not line:
+        codes = [p.returncode for p in group.procs]
+        raise SystemExit(f"--ranks: the ranks stopped without a result (exit codes {codes}); their errors are above")
+    out = json.loads(line)
     med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
     keys = ("data", "forward + backward", "waiting", "optimiser", "step")
     print(f"{args.preset}, stage {out['stage']}, CPU fp32, {procs} DDP ranks over gloo x {out['threads']} thread(s): "
