@@ -54,11 +54,13 @@ def _train_step():
     return bench
 
 
-def test_two_measurements_at_once_are_refused(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["train_step.py", "--kernels", "--against", "HEAD"])
+@pytest.mark.parametrize("flags, named", [(["--kernels", "--against", "HEAD"], "--kernels and --against"),
+                                          (["--against", "HEAD", "--ranks"], "--against and --ranks")])
+def test_two_measurements_at_once_are_refused(monkeypatch, capsys, flags, named):
+    monkeypatch.setattr(sys, "argv", ["train_step.py", *flags])
     with pytest.raises(SystemExit) as e:
         _train_step().main()
-    assert e.value.code == 2 and "--kernels and --against are different measurements" in capsys.readouterr().err
+    assert e.value.code == 2 and f"{named} are different measurements" in capsys.readouterr().err
 
 
 def test_kernel_split_accounts_for_the_profiled_time_and_bounds_the_speed_up(capfd, monkeypatch):
