@@ -24,10 +24,13 @@ model's FLOP/s in the step beside a plain matmul at the ViT's MLP shape on the s
 far the step is from what this CPU does at its best.
 
 --ranks measures what the split leaves out: the preset's DDP ranks take steps with and without
-the gradient all-reduce in turns (no_sync), and each rank times its wait for data, its forward +
-backward, its wait at the reduce of the logged losses and its optimiser. The all-reduce costs the
-difference between the two kinds of step (medians of the slower rank's); waiting for the slower
-rank is the mean gap between the ranks' forward + backward in the steps without it.
+the gradient all-reduce in turns (no_sync; in the order with, without, without, with, ...), and
+each rank times its wait for data, its forward + backward, its wait at the reduce of the logged
+losses and its optimiser. With the all-reduce, it and the wait for the slower rank happen inside
+backward; without it, the faster rank waits at the reduce. The all-reduce costs the difference
+between the two kinds of step (medians of the slower rank's); the two kinds see different batches,
+so more --steps give a steadier figure. The ranks' imbalance is the mean gap between their forward
++ backward in the steps without it.
 
 MFU (--paper) counts 6 FLOPs per parameter per token for the LLM and for the ViT's patches
 (forward + backward), plus the attention score and value products, over the step time and the
@@ -105,8 +108,9 @@ def _setup(preset: str, stage_name: str, steps: int, sets: list[str] = (), world
 
     def step(sync: bool = True, parts: dict | None = None) -> float:
         """One optimiser step -> seconds. sync=False: no gradient all-reduce (every micro-batch under
-        no_sync). parts: filled with this rank's seconds waiting for data, in forward + backward, at
-        the reduce of the logged losses (where a rank waits for the slower one) and in the optimiser."""
+        no_sync). parts: filled with this rank's seconds waiting for data, in forward + backward (with
+        the all-reduce: it runs inside backward, and so does the wait for the slower rank), at the
+        reduce of the logged losses (without it, where the faster rank waits) and in the optimiser."""
         t = time.perf_counter()
         sums = torch.zeros(5)
         waited = computed = 0.0
@@ -250,8 +254,9 @@ def _run_group(args, procs: int) -> tuple[dict, list[float]]:
 
 
 def ranks_worker(args) -> None:
-    """One DDP rank of --ranks: steps with and without the gradient all-reduce, alternating, after
-    two warm-up steps; rank 0 prints every rank's parts of every step as one JSON line."""
+    """One DDP rank of --ranks: steps with and without the gradient all-reduce in turns (with,
+    without, without, with, ...: neither kind always follows the other), after two warm-up steps;
+    rank 0 prints every rank's parts of every step as one JSON line."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     n = args.steps - 4  # steps each way: the user's --steps (_spawn passes 4 more)
     cfg, stage, model, _, batches, step, G = _setup(args.preset, args.stage, 2 * n + 2, args.set, world)
@@ -259,8 +264,9 @@ def ranks_worker(args) -> None:
     mine: dict[str, list[dict]] = {"with": [], "without": []}
     for i in range(2 * n):
         parts: dict[str, float] = {}
-        step(sync=i % 2 == 0, parts=parts)
-        mine["with" if i % 2 == 0 else "without"].append(parts)
+        sync = i % 4 in (0, 3)
+        step(sync=sync, parts=parts)
+        mine["with" if sync else "without"].append(parts)
     every = [None] * world
     torch.distributed.all_gather_object(every, mine)
     if torch.distributed.get_rank() == 0:
@@ -274,7 +280,8 @@ def ranks(args) -> None:
     the difference between steps with it and without it, taken in turns in one run."""
     procs = args.procs or _launcher_procs(args)
     if procs < 2:
-        raise SystemExit(f"--ranks measures DDP ranks; `minicomp train` runs {procs} process here: pass --procs 2")
+        why = "--procs 1 asks for one" if args.procs else f"`minicomp train` runs {procs} process here"
+        raise SystemExit(f"--ranks measures DDP ranks, and {why}: pass --procs 2 or more")
     group = _spawn(ROOT, args, args.set, procs, extra=("--ranks",))
     line = group.stdout.readline()
     group.wait()
@@ -299,8 +306,8 @@ def ranks(args) -> None:
     spread = statistics.mean(max(c) - min(c) for c in compute)
     print(f"the gradient all-reduce: {(step_with - step_without) * 1000:.1f} ms per step (the step {step_with * 1000:.0f} "
           f"ms with it, {step_without * 1000:.0f} without: {(step_with - step_without) / step_with:.1%})")
-    print(f"waiting for the slower rank: the ranks' forward + backward differ by {spread * 1000:.1f} ms a step on "
-          f"average without the all-reduce ({spread / step_with:.1%} of the step)")
+    print(f"the ranks' imbalance: their forward + backward differ by {spread * 1000:.1f} ms a step on average "
+          f"without the all-reduce ({spread / step_with:.1%} of the step), what the faster one waits")
     print("every rank also waits for its data and runs the optimiser over all the parameters (the columns above)")
 
 

@@ -35,7 +35,7 @@ def test_ranks_attributes_the_step_to_data_compute_waiting_and_the_all_reduce():
         data, compute, waiting, optimiser, step = map(float, r[2:])
         assert min(data, compute, waiting, optimiser) >= 0 and compute > 0
         assert max(data, compute, waiting, optimiser) <= step, r
-    assert "the gradient all-reduce:" in p.stdout and "waiting for the slower rank:" in p.stdout
+    assert "the gradient all-reduce:" in p.stdout and "the ranks' imbalance:" in p.stdout
 
 
 def test_ranks_needs_two_processes(monkeypatch):
