@@ -29,8 +29,8 @@ each rank times its wait for data, its forward + backward, its wait at the reduc
 losses and its optimiser. With the all-reduce, it and the wait for the slower rank happen inside
 backward; without it, the faster rank waits at the reduce. The all-reduce costs the difference
 between the two kinds of step (medians of the slower rank's); the two kinds see different batches,
-so more --steps give a steadier figure. The ranks' imbalance is the mean gap between their forward
-+ backward in the steps without it.
+so more --steps give a steadier figure. The ranks' imbalance is the median gap between their
+forward + backward in the steps without it.
 
 MFU (--paper) counts 6 FLOPs per parameter per token for the LLM and for the ViT's patches
 (forward + backward), plus the attention score and value products, over the step time and the
@@ -303,10 +303,10 @@ def ranks(args) -> None:
     step_with = statistics.median(max(rk["with"][i]["step"] for rk in out["ranks"]) for i in range(args.steps))
     step_without = statistics.median(max(rk["without"][i]["step"] for rk in out["ranks"]) for i in range(args.steps))
     compute = [[rk["without"][i]["forward + backward"] for rk in out["ranks"]] for i in range(args.steps)]
-    spread = statistics.mean(max(c) - min(c) for c in compute)
+    spread = statistics.median(max(c) - min(c) for c in compute)
     print(f"the gradient all-reduce: {(step_with - step_without) * 1000:.1f} ms per step (the step {step_with * 1000:.0f} "
           f"ms with it, {step_without * 1000:.0f} without: {(step_with - step_without) / step_with:.1%})")
-    print(f"the ranks' imbalance: their forward + backward differ by {spread * 1000:.1f} ms a step on average "
+    print(f"the ranks' imbalance: their forward + backward differ by {spread * 1000:.1f} ms a step (median) "
           f"without the all-reduce ({spread / step_with:.1%} of the step), what the faster one waits")
     print("every rank also waits for its data and runs the optimiser over all the parameters (the columns above)")
 
