@@ -152,8 +152,14 @@ def probe_pixels(vit: nn.Module, images, size: int | None = RESOLUTION,
                  max_patches: int = NATIVE_PATCHES) -> list[torch.Tensor]:
     """PIL images as every probe feeds them to `vit`: squashed to size×size or (size=None) native
     within `max_patches` patches, normalised with the ViT's mean and std -> list of (3, H_i, W_i)."""
-    cfg, p = vit.pretrained_cfg, vit.patch_embed.patch_size[0]
-    return [to_tensor(_resize(im, p, size, max_patches), cfg["mean"], cfg["std"]) for im in images]
+    p = vit.patch_embed.patch_size[0]
+    return _normalise(vit, [_resize(im, p, size, max_patches) for im in images])
+
+
+def _normalise(vit: nn.Module, sized) -> list[torch.Tensor]:
+    """Already-sized PIL images -> (3, H_i, W_i) tensors with the ViT's mean and std."""
+    cfg = vit.pretrained_cfg
+    return [to_tensor(im, cfg["mean"], cfg["std"]) for im in sized]
 
 
 def patch_features(vit: nn.Module, images: list[torch.Tensor], batch: int = 64) -> list[torch.Tensor]:
@@ -184,7 +190,7 @@ def patch_probes(vit: nn.Module, train, test, size: int | None = RESOLUTION, max
     for split, (imgs, _, metas) in enumerate((train, test)):
         sized = [_resize(im, p, size, max_patches) for im in imgs]
         feats = features[split] if features is not None else \
-            patch_features(vit, probe_pixels(vit, imgs, size, max_patches))
+            patch_features(vit, _normalise(vit, sized))  # the pixels of probe_pixels, resized once
         for t in targets:
             x, y = [], []
             for f, im, m in zip(feats, sized, metas):
