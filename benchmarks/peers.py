@@ -15,8 +15,13 @@ grids) goes forward and backward through four encoders of one size (width 768, 1
   per-image attention), without its patch merger and deepstack mergers. Its patch embedding is a
   Conv3d over 2 frames, so an image is fed twice (its input has 2 × 3 × 16 × 16 values per patch).
 
-The systems take turns, one step each, for --reps rounds; medians of each give tokens/s (real
-tokens, not padded slots) and the ratio to minicomp, all from this one run.
+The systems take turns, one step each, for --reps rounds, in the order above and then reversed
+(Qwen3-VL, the peer to beat, next to minicomp either way). Medians of each give tokens/s (real
+tokens, not padded slots) and the ratio to minicomp, all from this one run. Each round also gives
+minicomp's lead over each peer, the peer's step time over minicomp's in that round: their median
+with a distribution-free 95% interval (`minicomp.stats.median_interval`). Steps in one round run
+seconds apart under the same load, so the paired lead is steadier under load than the ratio of
+the medians, which pairs nothing.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import torch
 import torch.nn as nn
 
 import minicomp as mc
+from minicomp.stats import median_interval
 
 WIDTH, HEADS, MLP, PATCH, GRID = 768, 12, 3072, 16, 16
 
@@ -132,9 +138,24 @@ def build_qwen3vl(depth, device):
     return model, step
 
 
-SYSTEMS = {"minicomp CRoPEViT (packed)": build_minicomp, "timm NaFlexVit (padded + mask)": build_naflexvit,
-           "transformers Siglip2 NaFlex (padded + mask)": build_siglip2,
-           "transformers Qwen3-VL vision (packed)": build_qwen3vl}
+SYSTEMS = {"minicomp CRoPEViT (packed)": build_minicomp, "transformers Qwen3-VL vision (packed)": build_qwen3vl,
+           "timm NaFlexVit (padded + mask)": build_naflexvit,
+           "transformers Siglip2 NaFlex (padded + mask)": build_siglip2}
+BASE = "minicomp CRoPEViT (packed)"
+
+
+def paired_leads(times: dict[str, list[float]], base: str = BASE) -> dict[str, dict]:
+    """Per peer, minicomp's lead round by round (the peer's step time over the base's in the same
+    round: > 1 where minicomp is faster), as `median_interval` of those ratios."""
+    ref = times[base]
+    leads = {}
+    for name, ts in times.items():
+        if name == base:
+            continue
+        if len(ts) != len(ref):
+            raise ValueError(f"{name}: {len(ts)} timed rounds, {base}: {len(ref)}; leads pair rounds")
+        leads[name] = median_interval([t / r for t, r in zip(ts, ref)])
+    return leads
 
 
 def _burn(stop):
@@ -199,7 +220,7 @@ def main():
         if device.type == "cpu":  # else the profiler prints start/stop markers and a GPU count error
             os.environ.setdefault("KINETO_LOG_LEVEL", "6")
         with profile(activities=acts) as prof:
-            step(*systems["minicomp CRoPEViT (packed)"])
+            step(*systems[BASE])
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
         if device.type == "cuda":
@@ -210,12 +231,21 @@ def main():
           f"depth {args.depth}; {len(grids)} images, {n_real:,} real tokens ({n_pad:,} padded slots); "
           f"forward + backward, median of {args.reps}")
     print(f"grids {grids}")
-    base = statistics.median(times["minicomp CRoPEViT (packed)"])
-    print(f"{'system':45s} {'computed':>9s} {'ms':>8s} {'tokens/s':>10s} {'vs minicomp':>12s}")
+    base = statistics.median(times[BASE])
+    leads = paired_leads(times)
+    print(f"{'system':45s} {'computed':>9s} {'ms':>8s} {'tokens/s':>10s} {'minicomp ahead, paired [95%]':>29s} "
+          f"{'vs minicomp':>12s}")
     for name, ts in times.items():
         med = statistics.median(ts)
         computed = n_pad if "padded" in name else n_real
-        print(f"{name:45s} {computed:9,d} {med * 1000:8.1f} {n_real / med:10,.0f} {base / med:11.2f}x")
+        lead = leads.get(name)
+        paired = "" if lead is None else f"{lead['median']:.2f}x [{lead['low']:.2f}, {lead['high']:.2f}]"
+        print(f"{name:45s} {computed:9,d} {med * 1000:8.1f} {n_real / med:10,.0f} {paired:>29s} {base / med:11.2f}x")
+    if args.reps > 5:
+        cover = next(iter(leads.values()))["coverage"]
+        print(f"minicomp ahead, paired: the median over the {args.reps} rounds of the peer's step time over "
+              f"minicomp's in the same round, with its order-statistic interval (covers {cover:.1%}); "
+              f"vs minicomp: the ratio of the medians")
 
 
 if __name__ == "__main__":

@@ -110,7 +110,9 @@ def _setup(preset: str, stage_name: str, steps: int, sets: list[str] = (), world
         """One optimiser step -> seconds. sync=False: no gradient all-reduce (every micro-batch under
         no_sync). parts: filled with this rank's seconds waiting for data, in forward + backward (with
         the all-reduce: it runs inside backward, and so does the wait for the slower rank), at the
-        reduce of the logged losses (without it, where the faster rank waits) and in the optimiser."""
+        reduce of the logged losses (without it, where the faster rank waits) and in the optimiser,
+        and with "grad", the sum of this rank's gradients (untimed): equal on every rank when they
+        were all-reduced."""
         t = time.perf_counter()
         sums = torch.zeros(5)
         waited = computed = 0.0
@@ -128,14 +130,17 @@ def _setup(preset: str, stage_name: str, steps: int, sets: list[str] = (), world
         if world > 1:
             torch.distributed.all_reduce(sums)  # minicomp.loop's per-step reduce of the logged losses
         t3 = time.perf_counter()
+        if parts is not None:
+            parts["grad"] = sum(p.grad.double().sum().item() for p in params if p.grad is not None)
+        t4 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         end = time.perf_counter()
         if parts is not None:
-            parts.update({"data": waited, "forward + backward": computed, "waiting": t3 - t2, "optimiser": end - t3,
-                          "step": end - t})
-        return end - t
+            parts.update({"data": waited, "forward + backward": computed, "waiting": t3 - t2, "optimiser": end - t4,
+                          "step": end - t - (t4 - t3)})
+        return end - t - (t4 - t3)
 
     return cfg, stage, model, opt, batches, step, G
 
@@ -289,6 +294,12 @@ def ranks(args) -> None:
         codes = [p.returncode for p in group.procs]
         raise SystemExit(f"--ranks: the ranks stopped without a result (exit codes {codes}); their errors are above")
     out = json.loads(line)
+    for way, equal in (("with", True), ("without", False)):  # did no_sync skip the all-reduce, and only it?
+        same = [len({rk[way][i]["grad"] for rk in out["ranks"]}) == 1 for i in range(args.steps)]
+        if not all(s == equal for s in same):
+            raise SystemExit(f"--ranks: the ranks' gradients were {'not ' if equal else ''}all equal after "
+                             f"{same.count(not equal)} of {args.steps} steps {way} the all-reduce; "
+                             f"the two kinds of step did not measure what they say")
     med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
     keys = ("data", "forward + backward", "waiting", "optimiser", "step")
     print(f"{args.preset}, stage {out['stage']}, CPU fp32, {procs} DDP ranks over gloo x {out['threads']} thread(s): "
@@ -309,6 +320,8 @@ def ranks(args) -> None:
     print(f"the ranks' imbalance: their forward + backward differ by {spread * 1000:.1f} ms a step (median) "
           f"without the all-reduce ({spread / step_with:.1%} of the step), what the faster one waits")
     print("every rank also waits for its data and runs the optimiser over all the parameters (the columns above)")
+    print("checked: the ranks' gradients were equal after every step with the all-reduce and differed after every "
+          "step without it")
 
 
 def gemm_rate(m: int, k: int, n: int, seconds: float = 2.0) -> float:

@@ -6,6 +6,8 @@
   questions (real against blank images, native against fixed resolution) with its standard
   error, from the per-question differences. Pairing removes the questions' own difficulty from
   the noise, so it resolves smaller effects than two independent intervals would.
+- `median_interval`: the median of a sample with a distribution-free interval from its order
+  statistics (the sign test's): timing ratios under a fluctuating load are far from normal.
 """
 from __future__ import annotations
 
@@ -63,3 +65,26 @@ def student_t_quantile(p: float, df: int) -> float:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cdf_above_half(mid) < p - 0.5 else (lo, mid)
     return (lo + hi) / 2
+
+
+def median_interval(xs: Sequence[float], level: float = 0.95) -> dict:
+    """The median of xs with the order-statistic interval [x_(k), x_(n+1-k)] that covers the
+    population median with probability at least `level` for any continuous distribution: k is
+    the largest with P(Binomial(n, 1/2) < k) <= (1 - level) / 2. With too few values for that
+    (n <= 5 at 95%), the interval is (-inf, inf). -> {"median", "low", "high", "coverage", "n"}:
+    coverage is the interval's exact probability, 1 - 2 P(Binomial(n, 1/2) < k)."""
+    n = len(xs)
+    if n == 0:
+        raise ValueError("median_interval needs at least one value, got none")
+    if not 0 < level < 1:
+        raise ValueError(f"need 0 < level < 1, got {level}")
+    x = sorted(xs)
+    median = x[n // 2] if n % 2 else (x[n // 2 - 1] + x[n // 2]) / 2
+    below = 0.0  # P(Binomial(n, 1/2) < k), accumulated as k grows
+    k = 0
+    while k < n // 2 and below + math.comb(n, k) / 2 ** n <= (1 - level) / 2:
+        below += math.comb(n, k) / 2 ** n
+        k += 1
+    if k == 0:
+        return {"median": median, "low": -math.inf, "high": math.inf, "coverage": 1.0, "n": n}
+    return {"median": median, "low": x[k - 1], "high": x[n - k], "coverage": 1 - 2 * below, "n": n}

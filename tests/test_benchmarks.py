@@ -24,7 +24,8 @@ def test_train_step_against_a_revision_with_two_ddp_ranks_each():
 
 def test_ranks_attributes_the_step_to_data_compute_waiting_and_the_all_reduce():
     """`train_step.py --ranks` at smoke size: both ranks' parts with and without the gradient
-    all-reduce, each no longer than its step, and the two costs it names."""
+    all-reduce, each no longer than its step, and the two costs it names; the steps without it
+    really skip it (the ranks' gradients differ then, and are equal with it)."""
     p = subprocess.run([sys.executable, "benchmarks/train_step.py", "--preset", "smoke", "--steps", "2", "--procs", "2",
                         "--ranks"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -36,6 +37,7 @@ def test_ranks_attributes_the_step_to_data_compute_waiting_and_the_all_reduce():
         assert min(data, compute, waiting, optimiser) >= 0 and compute > 0
         assert max(data, compute, waiting, optimiser) <= step, r
     assert "the gradient all-reduce:" in p.stdout and "the ranks' imbalance:" in p.stdout
+    assert "checked: the ranks' gradients were equal after every step with the all-reduce and differed" in p.stdout
 
 
 def test_ranks_needs_two_processes(monkeypatch):
@@ -44,14 +46,32 @@ def test_ranks_needs_two_processes(monkeypatch):
         _train_step().main()
 
 
-def _train_step():
-    """benchmarks/train_step.py as a module."""
+def _bench(name: str):
+    """benchmarks/<name>.py as a module."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("train_step", os.path.join(ROOT, "benchmarks", "train_step.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
+
+
+def _train_step():
+    return _bench("train_step")
+
+
+def test_peers_lead_is_the_median_of_round_by_round_ratios():
+    """benchmarks/peers.py's paired lead: per round, the peer's time over minicomp's, so rounds
+    slowed for both (load) keep their ratio; their median and interval; rounds match one for one."""
+    peers = _bench("peers")
+    base, peer = peers.BASE, "a peer"
+    mine = [1.0, 1.0, 4.0, 1.0, 1.0, 3.0, 1.0]  # rounds 3 and 6 slowed for both
+    times = {base: mine, peer: [1.3 * t for t in mine]}
+    lead = peers.paired_leads(times)[peer]
+    assert lead["median"] == pytest.approx(1.3) and lead["low"] == pytest.approx(1.3) and lead["high"] == pytest.approx(1.3)
+    assert base not in peers.paired_leads(times)
+    with pytest.raises(ValueError, match="a peer: 6 timed rounds"):
+        peers.paired_leads({base: mine, peer: mine[:6]})
 
 
 @pytest.mark.parametrize("flags, named", [(["--kernels", "--against", "HEAD"], "--kernels and --against"),

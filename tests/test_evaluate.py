@@ -4,7 +4,7 @@ import pytest
 
 from minicomp.data.synthetic import SyntheticDataset
 from minicomp.evaluate import KINDS, QUESTIONS, compare, exact_match, resolution_sweep, with_control
-from minicomp.stats import paired_difference, wilson
+from minicomp.stats import median_interval, paired_difference, wilson
 from minicomp.viz import plot_sweep, sweep_points
 
 
@@ -90,6 +90,21 @@ def test_paired_difference_by_hand():
     assert paired_difference([1, 1], [0, 0])["z"] == float("inf")  # always ahead: no noise
     with pytest.raises(ValueError, match="same questions"):
         paired_difference([1], [1, 0])
+
+
+def test_median_interval_takes_the_sign_tests_order_statistics():
+    # n = 15 at 95%: the 4th and 12th smallest, covering 1 - 2 P(Binomial(15, 1/2) <= 3) = 0.9648
+    # (the table of Conover, Practical Nonparametric Statistics, for the median's interval)
+    r = median_interval([15 - i for i in range(15)])  # order must not matter
+    assert (r["median"], r["low"], r["high"], r["n"]) == (8, 4, 12, 15)
+    assert r["coverage"] == pytest.approx(1 - 2 * (1 + 15 + 105 + 455) / 2 ** 15)
+    r = median_interval([3.0, 1.0, 2.0, 10.0, 4.0, 5.0, 6.0])  # n = 7: min and max, 1 - 2/128
+    assert (r["median"], r["low"], r["high"], r["coverage"]) == (4.0, 1.0, 10.0, 1 - 2 / 128)
+    assert median_interval([1.0, 2.0, 3.0, 4.0])["median"] == 2.5
+    r = median_interval([1.0, 2.0, 3.0, 4.0, 5.0])  # too few for 95%: says so, by an unbounded interval
+    assert (r["low"], r["high"], r["coverage"]) == (float("-inf"), float("inf"), 1.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        median_interval([])
 
 
 def test_with_control_pairs_real_and_blank_on_the_same_questions():
