@@ -9,19 +9,19 @@ grids) goes forward and backward through four encoders of one size (width 768, 1
 3072, depth 2 by default, patch 16, a learned 16×16 position grid, random weights):
 
 - minicomp `CRoPEViT` (timm ViT, resampled APE + 2D RoPE, images packed, block-diagonal attention);
-- timm `NaFlexVit` (learned PE + axial RoPE), images padded to the longest with a key mask;
-- transformers `Siglip2VisionModel` (NaFlex: resized learned PE), padded with a mask;
 - transformers' Qwen3-VL vision tower (interpolated PE + 2D RoPE, packed with `grid_thw`, its own
   per-image attention), without its patch merger and deepstack mergers. Its patch embedding is a
-  Conv3d over 2 frames, so an image is fed twice (its input has 2 × 3 × 16 × 16 values per patch).
+  Conv3d over 2 frames, so an image is fed twice (its input has 2 × 3 × 16 × 16 values per patch);
+- timm `NaFlexVit` (learned PE + axial RoPE), images padded to the longest with a key mask;
+- transformers `Siglip2VisionModel` (NaFlex: resized learned PE), padded with a mask.
 
-The systems take turns, one step each, for --reps rounds, in the order above and then reversed
-(Qwen3-VL, the peer to beat, next to minicomp either way). Medians of each give tokens/s (real
+The systems take turns, one step each, for --reps rounds (15), in the order above and reversed by
+turns (Qwen3-VL, the peer to beat, next to minicomp either way). Medians of each give tokens/s (real
 tokens, not padded slots) and the ratio to minicomp, all from this one run. Each round also gives
 minicomp's lead over each peer, the peer's step time over minicomp's in that round: their median
 with a distribution-free 95% interval (`minicomp.stats.median_interval`). Steps in one round run
-seconds apart under the same load, so the paired lead is steadier under load than the ratio of
-the medians, which pairs nothing.
+seconds apart, so a swing of the load that slows both leaves their lead as it was; the ratio of the
+medians pairs nothing.
 """
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ def _burn(stop):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depth", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=15, help="rounds (with 15, the 95%% interval runs from the 4th to the 12th smallest lead)")
     ap.add_argument("--load", type=int, default=0, help="CPU-heavy processes to run beside the benchmark")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of minicomp's step")
