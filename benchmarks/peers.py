@@ -19,9 +19,9 @@ The systems take turns, one step each, for --reps rounds (15), in the order abov
 turns (Qwen3-VL, the peer to beat, next to minicomp either way). Medians of each give tokens/s (real
 tokens, not padded slots) and the ratio to minicomp, all from this one run. Each round also gives
 minicomp's lead over each peer, the peer's step time over minicomp's in that round: their median
-with a distribution-free 95% interval (`minicomp.stats.median_interval`). Steps in one round run
-seconds apart, so a swing of the load that slows both leaves their lead as it was; the ratio of the
-medians pairs nothing.
+with a distribution-free 95% interval (`minicomp.stats.median_interval`; exact if the rounds are
+independent, which under load they need not be). Steps in one round run seconds apart, so a swing of
+the load that slows both leaves their lead as it was; the ratio of the medians pairs nothing.
 """
 from __future__ import annotations
 
@@ -241,11 +241,12 @@ def main():
         lead = leads.get(name)
         paired = "" if lead is None else f"{lead['median']:.2f}x [{lead['low']:.2f}, {lead['high']:.2f}]"
         print(f"{name:45s} {computed:9,d} {med * 1000:8.1f} {n_real / med:10,.0f} {paired:>29s} {base / med:11.2f}x")
-    if args.reps > 5:
-        cover = next(iter(leads.values()))["coverage"]
-        print(f"minicomp ahead, paired: the median over the {args.reps} rounds of the peer's step time over "
-              f"minicomp's in the same round, with its order-statistic interval (covers {cover:.1%}); "
-              f"vs minicomp: the ratio of the medians")
+    cover = next(iter(leads.values()))["coverage"]
+    print(f"minicomp ahead, paired: the median over the {args.reps} rounds of the peer's step time over "
+          f"minicomp's in the same round (> 1: minicomp faster), with its order-statistic interval "
+          + (f"(covers {cover:.1%} if the rounds are independent)" if args.reps > 5 else
+             "(unbounded: 6 rounds or more give a 95% interval)")
+          + "; vs minicomp: the peer's tokens/s over minicomp's, from the medians (< 1: minicomp faster)")
 
 
 if __name__ == "__main__":

@@ -280,6 +280,18 @@ def ranks_worker(args) -> None:
     torch.distributed.destroy_process_group()
 
 
+def check_all_reduce(ranks: list[dict], steps: int) -> None:
+    """Did the steps without the all-reduce skip it, and only they? Every rank's gradient sums
+    ("grad") must be equal after every step with it (bit for bit: each rank holds the same reduced
+    buckets) and differ after every step without it (each rank's own micro-batches)."""
+    for way, equal in (("with", True), ("without", False)):
+        same = [len({repr(rk[way][i]["grad"]) for rk in ranks}) == 1 for i in range(steps)]  # repr: nan == nan
+        if not all(s == equal for s in same):
+            raise SystemExit(f"--ranks: the ranks' gradients were {'not ' if equal else ''}all equal after "
+                             f"{same.count(not equal)} of {steps} steps {way} the all-reduce; "
+                             f"the two kinds of step did not measure what they say")
+
+
 def ranks(args) -> None:
     """What running as DDP ranks costs a step: each rank's parts, and the gradient all-reduce as
     the difference between steps with it and without it, taken in turns in one run."""
@@ -294,12 +306,7 @@ def ranks(args) -> None:
         codes = [p.returncode for p in group.procs]
         raise SystemExit(f"--ranks: the ranks stopped without a result (exit codes {codes}); their errors are above")
     out = json.loads(line)
-    for way, equal in (("with", True), ("without", False)):  # did no_sync skip the all-reduce, and only it?
-        same = [len({rk[way][i]["grad"] for rk in out["ranks"]}) == 1 for i in range(args.steps)]
-        if not all(s == equal for s in same):
-            raise SystemExit(f"--ranks: the ranks' gradients were {'not ' if equal else ''}all equal after "
-                             f"{same.count(not equal)} of {args.steps} steps {way} the all-reduce; "
-                             f"the two kinds of step did not measure what they say")
+    check_all_reduce(out["ranks"], args.steps)
     med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
     keys = ("data", "forward + backward", "waiting", "optimiser", "step")
     print(f"{args.preset}, stage {out['stage']}, CPU fp32, {procs} DDP ranks over gloo x {out['threads']} thread(s): "

@@ -40,6 +40,16 @@ def test_ranks_attributes_the_step_to_data_compute_waiting_and_the_all_reduce():
     assert "checked: the ranks' gradients were equal after every step with the all-reduce and differed" in p.stdout
 
 
+def test_ranks_refuses_steps_whose_all_reduce_did_not_happen_as_labelled():
+    check = _train_step().check_all_reduce
+    rank = lambda w, wo: {"with": [{"grad": g} for g in w], "without": [{"grad": g} for g in wo]}  # noqa: E731
+    check([rank([1.0, 2.0], [3.0, 4.0]), rank([1.0, 2.0], [3.5, 4.5])], 2)  # as it should be: passes
+    with pytest.raises(SystemExit, match="all equal after 1 of 2 steps without the all-reduce"):
+        check([rank([1.0, 2.0], [3.0, 4.0]), rank([1.0, 2.0], [3.0, 4.5])], 2)  # no_sync synced anyway
+    with pytest.raises(SystemExit, match="not all equal after 2 of 2 steps with the all-reduce"):
+        check([rank([1.0, 2.0], [3.0, 4.0]), rank([1.5, 2.5], [3.5, 4.5])], 2)  # no all-reduce at all
+
+
 def test_ranks_needs_two_processes(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["train_step.py", "--ranks", "--procs", "1"])
     with pytest.raises(SystemExit, match="--ranks measures DDP ranks"):
@@ -70,6 +80,10 @@ def test_peers_lead_is_the_median_of_round_by_round_ratios():
     lead = peers.paired_leads(times)[peer]
     assert lead["median"] == pytest.approx(1.3) and lead["low"] == pytest.approx(1.3) and lead["high"] == pytest.approx(1.3)
     assert base not in peers.paired_leads(times)
+    # a load spike slows the peer alone in round 4, and minicomp alone in rounds 5-7: the medians come
+    # from different rounds (3.9 / 1.0), the paired lead still sees 1.3 in six rounds of seven
+    times = {base: [1.0, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0], peer: [1.3, 1.3, 1.3, 3.9, 3.9, 3.9, 3.9]}
+    assert peers.paired_leads(times)[peer]["median"] == pytest.approx(1.3)
     with pytest.raises(ValueError, match="a peer: 6 timed rounds"):
         peers.paired_leads({base: mine, peer: mine[:6]})
 
