@@ -113,7 +113,8 @@ def alignment_loss(vis: torch.Tensor, txt: torch.Tensor, prototypes: torch.Tenso
     inv_norm = W.norm(dim=-1).clamp_min(1e-12).reciprocal()  # (K,): L2-normalise by scaling the scores
     p_t = alignment_targets(f_t, W.detach(), prior, eps, n_iters, mode, variant)  # (B, K), Eq. 9
     log_p_v = F.log_softmax(((f_v / temp) @ W.T) * inv_norm, dim=-1)  # log softmax(C_v / τ) (B, K), Eq. 10
-    return -torch.dot(p_t.flatten(), log_p_v.flatten()) / len(vis)  # Eq. 10, no (B, K) product buffer
+    # Eq. 10, no (B, K) product buffer; one dtype for both (CPU autocast leaves dot alone: bf16 p_t, float32 log p_v)
+    return -torch.dot(p_t.flatten().to(log_p_v.dtype), log_p_v.flatten()) / len(vis)
 
 
 @torch.no_grad()

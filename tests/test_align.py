@@ -130,6 +130,27 @@ def test_variants(variant):
     assert (W.grad is not None) == (variant == "learnable")
 
 
+@pytest.mark.parametrize("variant", align.VARIANTS)
+def test_loss_under_cpu_bf16_autocast_runs_and_stays_near_float32(variant):
+    """Under CPU autocast the score products run in bf16 while log_softmax stays float32, and CPU
+    autocast leaves `torch.dot` alone (CUDA's casts it): the loss must still run, near float32."""
+    g = torch.Generator().manual_seed(6)
+    W = torch.randn(100, 16, generator=g)
+    vis = torch.randn(8, 16, generator=g)
+    txt = torch.randn(8, 16, generator=g)
+    prior = torch.rand(100, generator=g)
+    losses, grads = [], []
+    for bf16 in (False, True):
+        v = vis.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = align.alignment_loss(v, txt, W, prior=prior, eps=0.05, temp=0.05, variant=variant)
+        loss.backward()
+        losses.append(loss.float())
+        grads.append(v.grad)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-2, atol=0)
+    assert torch.nn.functional.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0) > 0.999
+
+
 def test_variant_targets_match_their_definitions():
     g = torch.Generator().manual_seed(7)
     W = torch.nn.functional.normalize(torch.randn(50, 8, generator=g), dim=-1)
