@@ -169,7 +169,8 @@ def _burn(stop):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depth", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=15, help="rounds (with 15, the 95%% interval runs from the 4th to the 12th smallest lead)")
+    ap.add_argument("--reps", type=int, default=15,
+                    help="rounds (with 15, the 95%% interval runs from the 4th to the 12th smallest lead)")
     ap.add_argument("--load", type=int, default=0, help="CPU-heavy processes to run beside the benchmark")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of minicomp's step")

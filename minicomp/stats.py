@@ -71,8 +71,9 @@ def median_interval(xs: Sequence[float], level: float = 0.95) -> dict:
     """The median of xs with the order-statistic interval [x_(k), x_(n+1-k)] that covers the
     population median with probability at least `level` for independent draws from any
     continuous distribution: k is the largest with P(Binomial(n, 1/2) < k) <= (1 - level) / 2.
-    With too few values for that (n <= 5 at 95%), the interval is (-inf, inf). -> {"median", "low", "high", "coverage", "n"}:
-    coverage is the interval's exact probability, 1 - 2 P(Binomial(n, 1/2) < k)."""
+    With too few values for that (n <= 5 at 95%), the interval is (-inf, inf).
+    -> {"median", "low", "high", "coverage", "n"}: coverage is the interval's exact probability,
+    1 - 2 P(Binomial(n, 1/2) < k)."""
     n = len(xs)
     if n == 0:
         raise ValueError("median_interval needs at least one value, got none")

@@ -1,6 +1,7 @@
 """The training-step benchmark at smoke size: two trees, each as two ranks over gloo, taking turns;
-what two ranks cost a step (--ranks); the kernel split (no time is asserted)."""
+what two ranks cost a step (--ranks); the kernel split; peers.py's paired lead (no time is asserted)."""
 import os
+import statistics
 import subprocess
 import sys
 
@@ -80,9 +81,10 @@ def test_peers_lead_is_the_median_of_round_by_round_ratios():
     lead = peers.paired_leads(times)[peer]
     assert lead["median"] == pytest.approx(1.3) and lead["low"] == pytest.approx(1.3) and lead["high"] == pytest.approx(1.3)
     assert base not in peers.paired_leads(times)
-    # a load spike slows the peer alone in round 4, and minicomp alone in rounds 5-7: the medians come
-    # from different rounds (3.9 / 1.0), the paired lead still sees 1.3 in six rounds of seven
+    # rounds 5-7 slowed for both, round 4 for the peer alone: the peer's median comes from a slow
+    # round and minicomp's from a fast one (3.9 / 1.0), while the paired lead is 1.3 in six rounds of seven
     times = {base: [1.0, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0], peer: [1.3, 1.3, 1.3, 3.9, 3.9, 3.9, 3.9]}
+    assert statistics.median(times[peer]) / statistics.median(times[base]) == pytest.approx(3.9)
     assert peers.paired_leads(times)[peer]["median"] == pytest.approx(1.3)
     with pytest.raises(ValueError, match="a peer: 6 timed rounds"):
         peers.paired_leads({base: mine, peer: mine[:6]})

@@ -93,8 +93,8 @@ def test_paired_difference_by_hand():
 
 
 def test_median_interval_takes_the_sign_tests_order_statistics():
-    # n = 15 at 95%: the 4th and 12th smallest, covering 1 - 2 P(Binomial(15, 1/2) <= 3) = 0.9648
-    # (the table of Conover, Practical Nonparametric Statistics, for the median's interval)
+    # n = 15 at 95%: P(Binomial(15, 1/2) <= 3) = 576 / 2^15 = 0.018 <= 0.025 < P(<= 4) = 0.059, so the
+    # 4th and 12th smallest, covering 1 - 2 * 0.018 = 0.9648
     r = median_interval([15 - i for i in range(15)])  # order must not matter
     assert (r["median"], r["low"], r["high"], r["n"]) == (8, 4, 12, 15)
     assert r["coverage"] == pytest.approx(1 - 2 * (1 + 15 + 105 + 455) / 2 ** 15)
