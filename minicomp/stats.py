@@ -73,7 +73,8 @@ def median_interval(xs: Sequence[float], level: float = 0.95) -> dict:
     continuous distribution: k is the largest with P(Binomial(n, 1/2) < k) <= (1 - level) / 2.
     With too few values for that (n <= 5 at 95%), the interval is (-inf, inf).
     -> {"median", "low", "high", "coverage", "n"}: coverage is the interval's exact probability,
-    1 - 2 P(Binomial(n, 1/2) < k)."""
+    1 - 2 P(Binomial(n, 1/2) < k). The interval is SciPy's `quantile_test(x, p=0.5)
+    .confidence_interval()` (a test checks), kept here since SciPy is not a dependency of the package."""
     n = len(xs)
     if n == 0:
         raise ValueError("median_interval needs at least one value, got none")

@@ -107,6 +107,16 @@ def test_median_interval_takes_the_sign_tests_order_statistics():
         median_interval([])
 
 
+@pytest.mark.parametrize("n", [6, 7, 10, 15, 16, 31, 100])
+def test_median_interval_equals_scipys_quantile_test(n):
+    """Against SciPy's exact binomial quantile test (SciPy comes with the dev tools, through POT)."""
+    stats = pytest.importorskip("scipy.stats")
+    x = np.random.default_rng(n).normal(size=n)
+    ci = stats.quantile_test(x, q=float(np.median(x)), p=0.5).confidence_interval(0.95)
+    r = median_interval(list(x))
+    assert (r["low"], r["high"]) == (ci.low, ci.high) and r["median"] == pytest.approx(np.median(x))
+
+
 def test_with_control_pairs_real_and_blank_on_the_same_questions():
     truths = _truths(6)
 
